@@ -1,0 +1,628 @@
+"""Checkpoint directories: the Hugging Face layout, read and written safely.
+
+A checkpoint directory holds ``config.json`` (Hugging Face BERT config plus a ``bertcli``
+block), ``model.safetensors`` (Hugging Face parameter names), the tokenizer files, and for
+sentence-embedding models ``modules.json`` + ``1_Pooling/config.json``. Nothing is read or
+written with pickle. Every ``model.safetensors`` header is validated before any tensor is
+touched, so a hostile or corrupt file is refused quickly and without large allocations.
+
+Writes go to a temporary sibling directory that is renamed into place; an existing directory
+is replaced only after the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertcli.config import BertConfig, read_json
+from bertcli.errors import CheckpointError
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_TENSORS = 50_000
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+_DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+
+
+# ============================================================ safetensors, validated
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """Validate a safetensors file's header and return it (without ``__metadata__``).
+
+    Refuses: impossible header lengths, truncated or non-JSON headers, invalid UTF-8, duplicate
+    names, unknown dtypes, bad shapes, offsets outside the data, overlapping or gapped tensors,
+    sizes that do not match shape x dtype, and trailing bytes.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes); the file is truncated")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > MAX_HEADER_BYTES:
+                raise CheckpointError(
+                    f"{path}: corrupt safetensors header: it claims {n} bytes but the file has {size - 8} "
+                    f"after the length field; the file is truncated or not a safetensors file"
+                )
+            raw = fh.read(n)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read weights ({exc.strerror})") from None
+    if not raw.startswith(b"{"):
+        raise CheckpointError(f"{path}: corrupt safetensors header: it does not start with '{{'")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt safetensors header: invalid UTF-8 at byte {8 + exc.start}") from None
+
+    def no_duplicates(pairs):
+        out = {}
+        for k, v in pairs:
+            if k in out:
+                raise CheckpointError(f"{path}: corrupt safetensors header: tensor '{k}' appears twice")
+            out[k] = v
+        return out
+
+    try:
+        header = json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt safetensors header: invalid JSON ({exc.msg})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
+    header.pop("__metadata__", None)
+    if len(header) > MAX_TENSORS:
+        raise CheckpointError(f"{path}: safetensors header lists {len(header)} tensors (limit {MAX_TENSORS})")
+    data_len = size - 8 - n
+    spans = []
+    for name, info in header.items():
+        where = f"{path}: tensor '{name}'"
+        if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(f"{where}: malformed header entry")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPE_SIZES:
+            raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
+            raise CheckpointError(f"{where}: invalid shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1] <= data_len):
+            raise CheckpointError(f"{where}: data offsets {offsets!r} lie outside the {data_len}-byte data block")
+        numel = 1
+        for d in shape:
+            numel *= d
+            if numel * _DTYPE_SIZES[dtype] > data_len:
+                break
+        if numel * _DTYPE_SIZES[dtype] != offsets[1] - offsets[0]:
+            raise CheckpointError(
+                f"{where}: shape {shape} x {dtype} needs {numel * _DTYPE_SIZES[dtype]} bytes "
+                f"but its offsets span {offsets[1] - offsets[0]}"
+            )
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    end = 0
+    for start, stop, name in spans:
+        if start != end:
+            kind = "overlaps the previous tensor" if start < end else "leaves a gap before it"
+            raise CheckpointError(f"{path}: corrupt safetensors file: tensor '{name}' {kind}")
+        end = stop
+    if end != data_len:
+        raise CheckpointError(
+            f"{path}: corrupt safetensors file: {data_len - end} trailing bytes after the last tensor"
+        )
+    return header
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """Load tensors from a validated safetensors file (never pickle)."""
+    from safetensors.torch import load_file
+
+    read_safetensors_header(path)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: cannot load weights: {exc}") from None
+
+
+def write_weights(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(path), metadata=metadata or {"format": "pt"})
+
+
+# ============================================================ name mapping
+# (our suffix, Hugging Face suffix) inside one encoder layer
+_LAYER_MAP = [
+    ("attn.out.weight", "attention.output.dense.weight"),
+    ("attn.out.bias", "attention.output.dense.bias"),
+    ("attn.norm.weight", "attention.output.LayerNorm.weight"),
+    ("attn.norm.bias", "attention.output.LayerNorm.bias"),
+    ("ffn.up.weight", "intermediate.dense.weight"),
+    ("ffn.up.bias", "intermediate.dense.bias"),
+    ("ffn.down.weight", "output.dense.weight"),
+    ("ffn.down.bias", "output.dense.bias"),
+    ("ffn.norm.weight", "output.LayerNorm.weight"),
+    ("ffn.norm.bias", "output.LayerNorm.bias"),
+]
+_ENCODER_MAP = [
+    ("embeddings.word.weight", "embeddings.word_embeddings.weight"),
+    ("embeddings.position.weight", "embeddings.position_embeddings.weight"),
+    ("embeddings.token_type.weight", "embeddings.token_type_embeddings.weight"),
+    ("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
+    ("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
+    ("pooler.dense.weight", "pooler.dense.weight"),
+    ("pooler.dense.bias", "pooler.dense.bias"),
+]
+_HEAD_MAP = [
+    ("mlm.dense.weight", "cls.predictions.transform.dense.weight"),
+    ("mlm.dense.bias", "cls.predictions.transform.dense.bias"),
+    ("mlm.norm.weight", "cls.predictions.transform.LayerNorm.weight"),
+    ("mlm.norm.bias", "cls.predictions.transform.LayerNorm.bias"),
+    ("mlm.bias", "cls.predictions.bias"),
+    ("nsp.weight", "cls.seq_relationship.weight"),
+    ("nsp.bias", "cls.seq_relationship.bias"),
+    ("classifier.weight", "classifier.weight"),
+    ("classifier.bias", "classifier.bias"),
+    ("qa.weight", "qa_outputs.weight"),
+    ("qa.bias", "qa_outputs.bias"),
+]
+_HEAD_OURS = dict(_HEAD_MAP)
+_HEAD_HF = {hf: ours for ours, hf in _HEAD_MAP}
+_ENC_OURS = dict(_ENCODER_MAP)
+_ENC_HF = {hf: ours for ours, hf in _ENCODER_MAP}
+_LAYER_OURS = dict(_LAYER_MAP)
+_LAYER_HF = {hf: ours for ours, hf in _LAYER_MAP}
+_QKV = ("query", "key", "value")
+# Hugging Face names that carry no weights we need.
+_IGNORED_HF = re.compile(r"(^|\.)(position_ids|cls\.predictions\.decoder\.weight)$")
+
+
+def hf_to_ours(hf_state: dict[str, Any], source: str = "weights") -> dict[str, Any]:
+    """Map a Hugging Face BERT state dict (any head, with or without ``bert.``) to bertcli names.
+
+    Encoder tensors land under ``bert.``; heads under ``mlm.``, ``nsp.``, ``classifier.``, ``qa.``.
+    Separate query/key/value projections are fused into ``qkv``.
+    """
+    import torch
+
+    ours: dict[str, Any] = {}
+    qkv: dict[tuple[int, str], dict[str, Any]] = {}
+    unknown = []
+    for name, tensor in hf_state.items():
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if _IGNORED_HF.search(name):
+            continue
+        if name == "cls.predictions.decoder.bias":
+            ours.setdefault("mlm.bias", tensor)
+            continue
+        if name in _HEAD_HF:
+            ours[_HEAD_HF[name]] = tensor
+            continue
+        inner = name[5:] if name.startswith("bert.") else name
+        if inner in _ENC_HF:
+            ours["bert." + _ENC_HF[inner]] = tensor
+            continue
+        m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", inner)
+        if m:
+            i, rest = int(m.group(1)), m.group(2)
+            q = re.fullmatch(r"attention\.self\.(query|key|value)\.(weight|bias)", rest)
+            if q:
+                qkv.setdefault((i, q.group(2)), {})[q.group(1)] = tensor
+                continue
+            if rest in _LAYER_HF:
+                ours[f"bert.layers.{i}.{_LAYER_HF[rest]}"] = tensor
+                continue
+        unknown.append(name)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise CheckpointError(f"{source}: unexpected tensor names (not a BERT checkpoint?): {shown}")
+    for (i, kind), parts in qkv.items():
+        missing = [p for p in _QKV if p not in parts]
+        if missing:
+            raise CheckpointError(f"{source}: layer {i} lacks attention.self.{missing[0]}.{kind}")
+        ours[f"bert.layers.{i}.attn.qkv.{kind}"] = torch.cat([parts[p] for p in _QKV], dim=0)
+    return ours
+
+
+def ours_to_hf(state: dict[str, Any], prefix: bool) -> dict[str, Any]:
+    """Map bertcli names to Hugging Face names; ``prefix`` puts the encoder under ``bert.``."""
+    out: dict[str, Any] = {}
+    pre = "bert." if prefix else ""
+    for name, tensor in state.items():
+        if name in _HEAD_OURS:
+            out[_HEAD_OURS[name]] = tensor
+            continue
+        if not name.startswith("bert."):
+            raise CheckpointError(f"internal: no Hugging Face name for parameter '{name}'")
+        inner = name[5:]
+        if inner in _ENC_OURS:
+            out[pre + _ENC_OURS[inner]] = tensor
+            continue
+        m = re.fullmatch(r"layers\.(\d+)\.(.+)", inner)
+        if not m:
+            raise CheckpointError(f"internal: no Hugging Face name for parameter '{name}'")
+        i, rest = m.group(1), m.group(2)
+        q = re.fullmatch(r"attn\.qkv\.(weight|bias)", rest)
+        if q:
+            for part, chunk in zip(_QKV, tensor.chunk(3, dim=0), strict=True):
+                out[f"{pre}encoder.layer.{i}.attention.self.{part}.{q.group(1)}"] = chunk
+        else:
+            out[f"{pre}encoder.layer.{i}.{_LAYER_OURS[rest]}"] = tensor
+    return out
+
+
+def heads_in(state: dict[str, Any]) -> set[str]:
+    """Which parts a bertcli-named state holds: 'pooler', 'mlm', 'nsp', 'classifier', 'qa'."""
+    parts = {n.split(".")[0] for n in state if not n.startswith("bert.")}
+    if "bert.pooler.dense.weight" in state:
+        parts.add("pooler")
+    return parts
+
+
+def architecture_for(state: dict[str, Any], task: str | None = None) -> str:
+    parts = heads_in(state)
+    if "qa" in parts:
+        return "BertForQuestionAnswering"
+    if "classifier" in parts:
+        if task == "token-classification" or (task is None and "pooler" not in parts):
+            return "BertForTokenClassification"
+        return "BertForSequenceClassification"
+    if "mlm" in parts and "nsp" in parts:
+        return "BertForPreTraining"
+    if "mlm" in parts:
+        return "BertForMaskedLM"
+    return "BertModel"
+
+
+# ============================================================ checkpoint directories
+@dataclass
+class Checkpoint:
+    """What ``load_checkpoint`` read: config, weights under bertcli names, and metadata."""
+
+    path: Path
+    config: BertConfig
+    hf_config: dict[str, Any]
+    state: dict[str, Any]
+    bertcli: dict[str, Any] = field(default_factory=dict)
+    sentence: dict[str, Any] | None = None  # {"pooling": ..., "normalize": ..., "max_seq_length": ...}
+
+    @property
+    def heads(self) -> set[str]:
+        return heads_in(self.state)
+
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        raw = self.hf_config.get("id2label")
+        if not raw:
+            return None
+        return {int(k): v for k, v in raw.items()}
+
+
+def _refuse_pickle(path: Path) -> None:
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{path}: has {pickles[0]} but no {WEIGHTS_NAME}; bertcli never loads pickle files (unpickling "
+            f"can run code). Convert it once, in an environment you trust: python -c \"from transformers "
+            f"import AutoModel as M; M.from_pretrained('{path}').save_pretrained('{path}')\""
+        )
+
+
+def check_model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: is a file; --model takes a checkpoint directory")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"{path}: no config.json; a checkpoint directory holds config.json, {WEIGHTS_NAME} and the tokenizer"
+        )
+    return path
+
+
+def load_checkpoint(path: str | Path, weights: bool = True) -> Checkpoint:
+    """Read a checkpoint directory (bertcli's or Hugging Face's) and check it for consistency."""
+    path = check_model_dir(path)
+    hf = read_json(path / "config.json", CheckpointError)
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path / 'config.json'}: expected a JSON object")
+    try:
+        config = BertConfig.from_hf(hf, source=str(path / "config.json"))
+    except Exception as exc:
+        raise CheckpointError(str(exc)) from None
+    state: dict[str, Any] = {}
+    if weights:
+        wfile = path / WEIGHTS_NAME
+        if not wfile.is_file():
+            _refuse_pickle(path)
+            raise CheckpointError(f"{path}: no {WEIGHTS_NAME}; is this a checkpoint directory?")
+        state = hf_to_ours(read_weights(wfile), source=str(wfile))
+        check_shapes(state, config, str(wfile))
+    return Checkpoint(
+        path=path, config=config, hf_config=hf, state=state,
+        bertcli=hf.get("bertcli") or {}, sentence=read_sentence_config(path),
+    )
+
+
+def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    H, I = config.hidden_size, config.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "bert.embeddings.word.weight": (config.vocab_size, H),
+        "bert.embeddings.position.weight": (config.max_positions, H),
+        "bert.embeddings.token_type.weight": (config.type_vocab_size, H),
+        "bert.embeddings.norm.weight": (H,), "bert.embeddings.norm.bias": (H,),
+        "bert.pooler.dense.weight": (H, H), "bert.pooler.dense.bias": (H,),
+        "mlm.dense.weight": (H, H), "mlm.dense.bias": (H,), "mlm.norm.weight": (H,), "mlm.norm.bias": (H,),
+        "mlm.bias": (config.vocab_size,), "nsp.weight": (2, H), "nsp.bias": (2,),
+        "qa.weight": (2, H), "qa.bias": (2,),
+    }
+    for i in range(config.num_layers):
+        p = f"bert.layers.{i}."
+        shapes.update({
+            p + "attn.qkv.weight": (3 * H, H), p + "attn.qkv.bias": (3 * H,),
+            p + "attn.out.weight": (H, H), p + "attn.out.bias": (H,),
+            p + "attn.norm.weight": (H,), p + "attn.norm.bias": (H,),
+            p + "ffn.up.weight": (I, H), p + "ffn.up.bias": (I,),
+            p + "ffn.down.weight": (H, I), p + "ffn.down.bias": (H,),
+            p + "ffn.norm.weight": (H,), p + "ffn.norm.bias": (H,),
+        })
+    return shapes
+
+
+_FRIENDLY = {
+    "bert.embeddings.word.weight": ("vocab_size", 0),
+    "bert.embeddings.position.weight": ("max_position_embeddings", 0),
+    "bert.embeddings.token_type.weight": ("type_vocab_size", 0),
+}
+
+
+def check_shapes(state: dict[str, Any], config: BertConfig, source: str) -> None:
+    """Every tensor has the shape config.json implies; the encoder is complete. All problems listed."""
+    shapes = expected_shapes(config)
+    problems = []
+    for name, tensor in state.items():
+        if name.startswith("classifier."):
+            continue  # size depends on the label count; checked by the task
+        if name.startswith("bert.layers.") and int(name.split(".")[2]) >= config.num_layers:
+            problems.append(f"{name} is beyond num_hidden_layers={config.num_layers}")
+            continue
+        want = shapes.get(name)
+        if want is not None and tuple(tensor.shape) != want:
+            if name in _FRIENDLY:
+                key, dim = _FRIENDLY[name]
+                problems.append(
+                    f"config.json says {key}={want[dim]} but {name} has {tensor.shape[dim]} rows"
+                )
+            else:
+                problems.append(f"{name} has shape {tuple(tensor.shape)}, config.json implies {want}")
+    missing = [n for n in shapes if n.startswith("bert.") and "pooler" not in n and n not in state]
+    if missing:
+        problems.append(f"missing {len(missing)} encoder tensors, e.g. {missing[0]}")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match config.json: " + "; ".join(problems))
+
+
+def load_into(module, state: dict[str, Any], source: str, allow_missing: tuple[str, ...] = ()) -> list[str]:
+    """Load a bertcli-named state into ``module``; return names initialised fresh (e.g. a new head).
+
+    Parameters absent from ``state`` whose names start with one of ``allow_missing`` keep their
+    initialisation; any other missing or unexpected tensor is an error naming it.
+    """
+    own = module.state_dict()
+    extra = sorted(k for k in state if k not in own)
+    fresh = [k for k in own if k not in state]
+    problems = [k for k in fresh if not k.startswith(allow_missing)]
+    if problems:
+        raise CheckpointError(f"{source}: checkpoint lacks {len(problems)} tensors this model needs, e.g. {problems[0]}")
+    for k in state:
+        if k in own and tuple(own[k].shape) != tuple(state[k].shape):
+            raise CheckpointError(
+                f"{source}: {k} has shape {tuple(state[k].shape)} but the model expects {tuple(own[k].shape)}"
+            )
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    del extra  # heads the task does not use (e.g. MLM head when fine-tuning) are dropped
+    return fresh
+
+
+# ------------------------------------------------------------ sentence-transformers files
+def read_sentence_config(path: Path) -> dict[str, Any] | None:
+    """Pooling / normalisation / max length from sentence-transformers files, if present."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    modules = read_json(modules_file, CheckpointError)
+    if not isinstance(modules, list):
+        raise CheckpointError(f"{modules_file}: expected a JSON list of modules")
+    result: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_seq_length": None}
+    for mod in modules:
+        if not isinstance(mod, dict):
+            raise CheckpointError(f"{modules_file}: each module must be a JSON object")
+        kind = str(mod.get("type", ""))
+        if kind.endswith("Pooling"):
+            pcfg = read_json(path / str(mod.get("path", "1_Pooling")) / "config.json", CheckpointError)
+            if pcfg.get("pooling_mode_cls_token"):
+                result["pooling"] = "cls"
+            elif pcfg.get("pooling_mode_max_tokens"):
+                result["pooling"] = "max"
+            elif pcfg.get("pooling_mode_mean_tokens"):
+                result["pooling"] = "mean"
+            else:
+                modes = [k for k, v in pcfg.items() if k.startswith("pooling_mode") and v]
+                raise CheckpointError(
+                    f"{path}: pooling {modes} is not supported; bertcli pools by cls, mean or max"
+                )
+        elif kind.endswith("Normalize"):
+            result["normalize"] = True
+        elif not kind.endswith("Transformer"):
+            raise CheckpointError(f"{modules_file}: module type '{kind}' is not supported by bertcli")
+    sbert = path / "sentence_bert_config.json"
+    if sbert.is_file():
+        result["max_seq_length"] = read_json(sbert, CheckpointError).get("max_seq_length")
+    return result
+
+
+def write_sentence_config(path: Path, hidden: int, pooling: str, normalize: bool, max_seq_length: int) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (path / "2_Normalize").mkdir(exist_ok=True)
+    (path / "modules.json").write_text(json.dumps(modules, indent=2))
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": pooling == "max",
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }, indent=2))
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2)
+    )
+
+
+# ------------------------------------------------------------ writing
+def save_checkpoint(
+    path: str | Path,
+    state: dict[str, Any],
+    config: BertConfig,
+    tokenizer=None,
+    *,
+    task: str | None = None,
+    hf_extra: dict[str, Any] | None = None,
+    bertcli: dict[str, Any] | None = None,
+    sentence: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
+    before_commit=None,
+) -> Path:
+    """Write a checkpoint directory atomically and return its path.
+
+    ``state`` uses bertcli names (``module.state_dict()``). ``tokenizer`` is a
+    ``bertcli.tokenizer.Tokenizer`` (its files are written too). ``sentence`` =
+    ``{"pooling", "normalize", "max_seq_length"}`` writes the sentence-transformers files.
+    ``extra_files`` maps relative paths (e.g. ``trainer_state/state.json``) to bytes.
+    ``before_commit(tmpdir)`` may write more files before the rename (e.g. trainer state).
+    """
+    path = Path(path)
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"{parent}: cannot create the output directory ({exc.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise CheckpointError(f"{parent}: output directory is not writable")
+    arch = architecture_for(state, task)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    try:
+        hf_state = ours_to_hf(state, prefix=arch != "BertModel")
+        write_weights(hf_state, tmp / WEIGHTS_NAME)
+        hf = config.to_hf()
+        hf["architectures"] = [arch]
+        if hf_extra:
+            hf.update(hf_extra)
+        block = {"format_version": FORMAT_VERSION}
+        if task:
+            block["task"] = task
+        block.update(bertcli or {})
+        if sentence:
+            block["pooling"] = sentence["pooling"]
+        hf["bertcli"] = block
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=False) + "\n")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if sentence:
+            write_sentence_config(tmp, config.hidden_size, sentence["pooling"], sentence["normalize"],
+                                  sentence.get("max_seq_length") or config.max_positions)
+        for rel, data in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
+        if before_commit is not None:
+            before_commit(tmp)
+        _fsync_dir(tmp)
+        replace_dir(tmp, path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(
+                f"{path}: checkpoint write failed ({exc.strerror or exc}); the previous checkpoint is intact"
+            ) from None
+        raise
+    return path
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``; an existing ``path`` is removed only after the rename."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def clean_leftovers(parent: Path) -> list[Path]:
+    """Remove temporary directories of interrupted writes (``.NAME.tmp-*``, ``.NAME.old-*``)."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for p in sorted(parent.iterdir()):
+        m = re.fullmatch(r"\.(.+)\.(tmp|old)-[^/]+", p.name)
+        if not m or not p.is_dir():
+            continue
+        target = parent / m.group(1)
+        if m.group(2) == "old" and not target.exists():
+            os.replace(p, target)  # killed between the two renames: the old checkpoint is complete
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+# ------------------------------------------------------------ convenience loaders
+def load_tokenizer(path: str | Path, vocab_size: int | None = None):
+    """The tokenizer of a checkpoint or train-vocab directory, checked against the embedding rows."""
+    from bertcli.tokenizer import Tokenizer, check_vocab
+
+    tok = Tokenizer.load(path)
+    if vocab_size is not None:
+        check_vocab(tok, vocab_size, str(path))
+    return tok
+
+
+def load_encoder(path: str | Path, device=None, with_pooler: bool = False):
+    """(BertModel in eval mode, Tokenizer, Checkpoint) for inference from any BERT checkpoint."""
+    from bertcli.model import BertModel
+
+    ckpt = load_checkpoint(path)
+    tok = load_tokenizer(ckpt.path, ckpt.config.vocab_size)
+    model = BertModel(ckpt.config, with_pooler=with_pooler and "pooler" in ckpt.heads)
+    encoder_state = {k[5:]: v for k, v in ckpt.state.items() if k.startswith("bert.")}
+    load_into(model, encoder_state, str(ckpt.path / WEIGHTS_NAME))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, tok, ckpt

@@ -1,0 +1,63 @@
+"""Shared CLI pieces: error handling, consoles, common options.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from bertcli.errors import BertcliError
+
+# stderr: progress, tables meant for people when stdout carries data, and errors.
+err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False)
+
+STATE = {"debug": bool(os.environ.get("BERTCLI_DEBUG"))}
+
+
+def cli_command(fn):
+    """Run a command body: a BertcliError becomes one red line on stderr and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BertcliError as exc:
+            if STATE["debug"]:
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if STATE["debug"]:
+                raise
+            err_console.print("[red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON line on stdout."""
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Checkpoint directory (bertcli's or Hugging Face's).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps (auto: CUDA, then MPS, then CPU).")]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="auto|fp32|bf16|fp16 (auto: the fastest precision safe on the device).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Write JSON lines to stdout instead of tables.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random choice.")]
+EncodingOpt = Annotated[
+    str, typer.Option("--encoding", help="Input encoding: utf-8 (default), a codec name such as latin-1, or auto.")
+]

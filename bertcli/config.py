@@ -1,0 +1,358 @@
+"""Model configuration: one dataclass, presets, YAML and Hugging Face ``config.json`` mapping.
+
+``BertConfig`` is the single source of truth for the model's shape. YAML files, CLI flags and
+Hugging Face ``config.json`` files all load into it, and ``__post_init__`` validates it with
+messages that name the field and its valid values.
+
+This module imports no torch: it is safe to use from ``--help`` paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bertcli.errors import ConfigError
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+# Hugging Face spellings of the activations we implement.
+_HF_ACT_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+_HF_ACT_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+
+@dataclass
+class BertConfig:
+    """The shape of a BERT encoder (field names are bertcli's; see ``to_hf``)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int = 0
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check_types(self, "BertConfig")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_positions", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field '{name}' must be a positive integer, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads != 0:
+            divisors = [h for h in range(1, min(self.hidden_size, 64) + 1) if self.hidden_size % h == 0]
+            raise ConfigError(
+                f"config field 'hidden_size' ({self.hidden_size}) must be divisible by 'num_heads' "
+                f"({self.num_heads}); valid num_heads for this hidden size include {divisors}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"config field 'activation' is '{self.activation}'; valid values: {', '.join(ACTIVATIONS)}"
+            )
+        for name in ("hidden_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"config field '{name}' must be in [0, 1), got {value}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(
+                f"config field 'pad_token_id' ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})"
+            )
+        if self.layer_norm_eps <= 0:
+            raise ConfigError(f"config field 'layer_norm_eps' must be positive, got {self.layer_norm_eps}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    # ----------------------------------------------------------------- presets
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> BertConfig:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
+        layers, hidden = PRESETS[name]
+        values = dict(hidden_size=hidden, num_layers=layers, num_heads=max(1, hidden // 64),
+                      intermediate_size=4 * hidden)
+        values.update(overrides)
+        return cls(**values)
+
+    # ----------------------------------------------------------------- dict / YAML
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> BertConfig:
+        """Build from bertcli field names (Hugging Face names are accepted as aliases)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of config fields, got {type(data).__name__}")
+        data = dict(data)
+        preset = data.pop("preset", None)
+        translated: dict[str, Any] = {}
+        valid = {f.name for f in fields(cls)}
+        for key, value in data.items():
+            name = _HF_ALIASES.get(key, key) if key not in valid else key
+            if name == "activation" and key == "hidden_act":
+                value = _HF_ACT_IN.get(value, value)
+            if name not in valid:
+                raise ConfigError(
+                    f"{source}: unknown key '{key}'; valid keys: preset, {', '.join(sorted(valid))}"
+                )
+            translated[name] = value
+        try:
+            if preset is not None:
+                return cls.preset(str(preset), **translated)
+            return cls(**translated)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # ----------------------------------------------------------------- Hugging Face
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> BertConfig:
+        """Read a Hugging Face BERT ``config.json`` dict (other keys are ignored)."""
+        model_type = hf.get("model_type", "bert")
+        if model_type != "bert":
+            raise ConfigError(
+                f"{source}: model_type is '{model_type}'; bertcli reads BERT checkpoints (model_type 'bert')"
+            )
+        pet = hf.get("position_embedding_type", "absolute")
+        if pet != "absolute":
+            raise ConfigError(f"{source}: position_embedding_type '{pet}' is not supported; only 'absolute'")
+        act = hf.get("hidden_act", "gelu")
+        if act not in _HF_ACT_IN:
+            raise ConfigError(
+                f"{source}: hidden_act '{act}' is not supported; valid values: {', '.join(_HF_ACT_IN)}"
+            )
+        values: dict[str, Any] = {}
+        for hf_key, name in _HF_ALIASES.items():
+            if hf_key in hf and hf[hf_key] is not None:
+                values[name] = hf[hf_key]
+        values["activation"] = _HF_ACT_IN[act]
+        if values.get("pad_token_id") is None:
+            values["pad_token_id"] = 0
+        try:
+            return cls(**values)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def to_hf(self) -> dict[str, Any]:
+        """The Hugging Face ``config.json`` fields for this shape."""
+        return {
+            "model_type": "bert",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": _HF_ACT_OUT[self.activation],
+            "hidden_dropout_prob": self.hidden_dropout,
+            "attention_probs_dropout_prob": self.attention_dropout,
+            "max_position_embeddings": self.max_positions,
+            "type_vocab_size": self.type_vocab_size,
+            "initializer_range": self.initializer_range,
+            "layer_norm_eps": self.layer_norm_eps,
+            "pad_token_id": self.pad_token_id,
+            "position_embedding_type": "absolute",
+        }
+
+
+_HF_ALIASES = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_positions",
+    "type_vocab_size": "type_vocab_size",
+    "hidden_act": "activation",
+    "layer_norm_eps": "layer_norm_eps",
+    "hidden_dropout_prob": "hidden_dropout",
+    "attention_probs_dropout_prob": "attention_dropout",
+    "pad_token_id": "pad_token_id",
+    "initializer_range": "initializer_range",
+}
+
+# name -> (layers, hidden); heads = hidden / 64, intermediate = 4 * hidden
+PRESETS: dict[str, tuple[int, int]] = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+
+
+# --------------------------------------------------------------------- type checks
+def _check_types(obj: Any, where: str) -> None:
+    """Check dataclass field values against their annotations, naming the field on error.
+
+    ints are accepted for float fields (and converted); bools are not accepted as numbers.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        expected = hints.get(f.name, Any)
+        ok, converted = _conforms(value, expected)
+        if not ok:
+            raise ConfigError(
+                f"{where} field '{f.name}' must be {_type_name(expected)}, got {value!r} ({type(value).__name__})"
+            )
+        if converted is not value:
+            object.__setattr__(obj, f.name, converted)
+
+
+def _conforms(value: Any, expected: Any) -> tuple[bool, Any]:
+    if expected is Any:
+        return True, value
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(expected):
+            ok, conv = _conforms(value, arg)
+            if ok:
+                return True, conv
+        return False, value
+    if origin is typing.Literal:
+        return (value in typing.get_args(expected)), value
+    if expected is type(None):
+        return value is None, value
+    if expected is bool:
+        return isinstance(value, bool), value
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if expected is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, int | float):
+            return True, float(value)
+        return False, value
+    if expected is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple):
+        return isinstance(value, list | tuple), value
+    if origin is dict or expected is dict:
+        return isinstance(value, dict), value
+    if isinstance(expected, type):
+        return isinstance(value, expected), value
+    return True, value
+
+
+def _type_name(expected: Any) -> str:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(expected))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(expected))
+    if expected is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        expected, getattr(expected, "__name__", str(expected))
+    )
+
+
+def check_options(obj: Any) -> None:
+    """Validate a training-option dataclass's field types (call from ``__post_init__``)."""
+    _check_types(obj, type(obj).__name__)
+
+
+def options_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
+    """Build an option dataclass from a mapping, naming unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
+    valid = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in valid:
+            raise ConfigError(f"{source}: unknown key '{key}'; valid keys: {', '.join(sorted(valid))}")
+    try:
+        return cls(**data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def merge_options(obj: Any, overrides: dict[str, Any]) -> Any:
+    """Return a copy of ``obj`` with the non-None ``overrides`` applied (CLI flags win over YAML)."""
+    return dataclasses.replace(obj, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# --------------------------------------------------------------------- YAML
+class _StrictSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also refuses duplicate keys."""
+
+
+def _construct_mapping(loader: _StrictSafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            mark = key_node.start_mark
+            raise ConfigError(
+                f"{mark.name}, line {mark.line + 1}: duplicate key '{key}'; each key may appear once"
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a YAML mapping safely (no Python tags, no duplicate keys) with located errors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 at byte {exc.start}; save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        # A SafeLoader subclass: only plain YAML types are ever constructed.
+        data = yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("<unicode string>", str(path))) from None
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}" if mark else "somewhere"
+        raise ConfigError(
+            f"{path}, {where}: {exc.problem}; bertcli reads plain YAML only (no Python tags)"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}, {where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def save_yaml(data: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def read_json(path: Path, error: type = ConfigError) -> Any:
+    """Read a JSON file with a located error message."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not valid UTF-8 at byte {exc.start}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}") from None

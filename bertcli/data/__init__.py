@@ -1,0 +1,1 @@
+"""Data readers: plain text with an explicit encoding policy, and CSV/TSV/JSONL tables."""

@@ -1,0 +1,186 @@
+"""CSV, TSV and JSONL tables with located errors.
+
+* The format comes from the extension (``.csv``, ``.tsv``, ``.jsonl``/``.json``) or
+  ``delimiter``; a ``.csv``/``.txt`` whose first line has tabs and no commas is read as TSV.
+* A UTF-8 byte-order mark is tolerated; invalid UTF-8 names the line and byte.
+* ``quoting=False`` reads files whose fields hold bare double quotes (STS-B, MRPC).
+* ``header=False`` names the columns ``0``, ``1``, ...; a column may be given by name or index.
+* A missing column lists the columns found; a row too short for a requested column names its line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertcli.data.text import read_text
+from bertcli.errors import DataError
+
+csv.field_size_limit(2**31 - 1)
+
+
+@dataclass
+class Table:
+    path: str
+    columns: list[str]
+    rows: list[list[str]] | list[dict]
+    lines: list[int] = field(default_factory=list)  # 1-based line on which each row starts
+    is_json: bool = False
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column_index(self, name: str) -> int | str:
+        """Resolve a column name (or a 0-based index) to a key, listing the columns on failure."""
+        if name in self.columns:
+            return name if self.is_json else self.columns.index(name)
+        if name.isdigit() and not self.is_json and int(name) < max(len(self.columns), 1):
+            return int(name)
+        shown = ", ".join(repr(c) for c in self.columns[:30])
+        raise DataError(
+            f"{self.path}: no column '{name}'; columns found: {shown}"
+            + ("" if len(self.columns) <= 30 else f" ... ({len(self.columns)} in all)")
+        )
+
+    def column(self, name: str, allow_empty: bool = True) -> list[str]:
+        """All values of one column as strings; a short row or missing key names its line."""
+        key = self.column_index(name)
+        out = []
+        for row, line in zip(self.rows, self.lines, strict=True):
+            if self.is_json:
+                if key not in row:
+                    raise DataError(f"{self.path}, line {line}: no key '{name}' in this record")
+                value = row[key]
+                value = "" if value is None else value if isinstance(value, str) else json.dumps(value)
+            else:
+                if key >= len(row):
+                    raise DataError(
+                        f"{self.path}, line {line}: the row has {len(row)} fields, column '{name}' is field "
+                        f"{key + 1}; fix the row (quoting problem? try --no-quoting)"
+                    )
+                value = row[key]
+            if not allow_empty and not value.strip():
+                raise DataError(f"{self.path}, line {line}: column '{name}' is empty")
+            out.append(value)
+        return out
+
+    def records(self) -> list[dict[str, str]]:
+        """Rows as dicts (for writing output tables that keep every input column)."""
+        if self.is_json:
+            return [dict(r) for r in self.rows]
+        return [{c: (r[i] if i < len(r) else "") for i, c in enumerate(self.columns)} for r in self.rows]
+
+
+def detect_format(path: str, text: str, delimiter: str | None) -> str:
+    """'jsonl' or the delimiter character."""
+    if delimiter:
+        return {"\\t": "\t", "tab": "\t", "comma": ","}.get(delimiter, delimiter)
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix == ".tsv":
+        return "\t"
+    first = text.split("\n", 1)[0]
+    if "\t" in first and first.count("\t") >= first.count(","):
+        return "\t"
+    return ","
+
+
+def read_table(
+    path: str | Path,
+    *,
+    delimiter: str | None = None,
+    quoting: bool = True,
+    header: bool = True,
+    encoding: str = "utf-8",
+) -> Table:
+    """Read a whole CSV/TSV/JSONL file (``-`` reads stdin)."""
+    text = read_text(path, encoding).text
+    name = "<stdin>" if str(path) == "-" else str(path)
+    fmt = detect_format(name, text, delimiter)
+    if fmt == "jsonl":
+        return _read_jsonl(name, text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=fmt,
+                        quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE, strict=False)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    columns: list[str] = []
+    start = 1
+    try:
+        for row in reader:
+            if header and not columns and not rows:
+                columns = [c.strip() for c in row]
+                if not any(columns):
+                    raise DataError(f"{name}, line 1: the header row is empty")
+                start = reader.line_num + 1
+                continue
+            if row and any(cell.strip() for cell in row):
+                rows.append(row)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(f"{name}, line {reader.line_num}: malformed CSV ({exc}); try --no-quoting") from None
+    if header and not columns:
+        raise DataError(f"{name}: the file is empty (no header row)")
+    if not header:
+        width = max((len(r) for r in rows), default=0)
+        columns = [str(i) for i in range(width)]
+    return Table(name, columns, rows, lines)
+
+
+def _read_jsonl(name: str, text: str) -> Table:
+    rows: list[dict] = []
+    lines: list[int] = []
+    columns: list[str] = []
+    for i, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{name}, line {i}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{name}, line {i}: expected a JSON object per line, got {type(obj).__name__}")
+        for k in obj:
+            if k not in columns:
+                columns.append(k)
+        rows.append(obj)
+        lines.append(i)
+    return Table(name, columns, rows, lines, is_json=True)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_formula(value: str) -> str:
+    """Neutralise spreadsheet formula injection in an output CSV cell."""
+    if value and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def write_table(path: str | Path, columns: list[str], rows: list[dict], stream=None) -> None:
+    """Write rows as CSV/TSV (by extension; cells escaped against formulas) or JSONL."""
+    name = str(path)
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        fh = stream or open(name, "w", encoding="utf-8")
+        try:
+            for r in rows:
+                fh.write(json.dumps({c: r.get(c) for c in columns}, ensure_ascii=False) + "\n")
+        finally:
+            if stream is None:
+                fh.close()
+        return
+    delim = "\t" if name.endswith((".tsv", ".txt")) else ","
+    fh = stream or open(name, "w", encoding="utf-8", newline="")
+    try:
+        w = csv.writer(fh, delimiter=delim)
+        w.writerow([escape_formula(c) for c in columns])
+        for r in rows:
+            w.writerow([escape_formula("" if r.get(c) is None else str(r.get(c))) for c in columns])
+    finally:
+        if stream is None:
+            fh.close()

