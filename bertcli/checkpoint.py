@@ -187,7 +187,8 @@ _LAYER_OURS = dict(_LAYER_MAP)
 _LAYER_HF = {hf: ours for ours, hf in _LAYER_MAP}
 _QKV = ("query", "key", "value")
 # Hugging Face names that carry no weights we need.
-_IGNORED_HF = re.compile(r"(^|\.)(position_ids|cls\.predictions\.decoder\.weight)$")
+_IGNORED_HF = re.compile(r"(^|\.)position_ids$")
+_DECODER_WEIGHT = "cls.predictions.decoder.weight"
 
 
 def hf_to_ours(hf_state: dict[str, Any], source: str = "weights") -> dict[str, Any]:
@@ -201,9 +202,13 @@ def hf_to_ours(hf_state: dict[str, Any], source: str = "weights") -> dict[str, A
     ours: dict[str, Any] = {}
     qkv: dict[tuple[int, str], dict[str, Any]] = {}
     unknown = []
+    decoder = None
     for name, tensor in hf_state.items():
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         if _IGNORED_HF.search(name):
+            continue
+        if name == _DECODER_WEIGHT:
+            decoder = tensor
             continue
         if name == "cls.predictions.decoder.bias":
             ours.setdefault("mlm.bias", tensor)
@@ -234,6 +239,14 @@ def hf_to_ours(hf_state: dict[str, Any], source: str = "weights") -> dict[str, A
         if missing:
             raise CheckpointError(f"{source}: layer {i} lacks attention.self.{missing[0]}.{kind}")
         ours[f"bert.layers.{i}.attn.qkv.{kind}"] = torch.cat([parts[p] for p in _QKV], dim=0)
+    words = ours.get("bert.embeddings.word.weight")
+    if decoder is not None and words is not None and not (
+        decoder.shape == words.shape and torch.equal(decoder.to(words.dtype), words)
+    ):
+        # An untied MLM decoder (tie_word_embeddings false): bertcli's MLM head is always tied, so
+        # using it would give wrong logits. Keep the encoder; treat the checkpoint as having no MLM head.
+        for key in [k for k in ours if k.startswith("mlm.")]:
+            del ours[key]
     return ours
 
 
@@ -344,6 +357,11 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> Checkpoint:
         config = BertConfig.from_hf(hf, source=str(path / "config.json"))
     except Exception as exc:
         raise CheckpointError(str(exc)) from None
+    for key in ("bertcli", "id2label"):
+        if hf.get(key) is not None and not isinstance(hf[key], dict):
+            raise CheckpointError(f"{path / 'config.json'}: '{key}' must be a JSON object")
+    if isinstance(hf.get("id2label"), dict) and not all(str(k).lstrip("-").isdigit() for k in hf["id2label"]):
+        raise CheckpointError(f"{path / 'config.json'}: the keys of 'id2label' must be label numbers (\"0\", \"1\", ...)")
     state: dict[str, Any] = {}
     if weights:
         wfile = path / WEIGHTS_NAME
@@ -359,7 +377,7 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> Checkpoint:
 
 
 def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    H, I = config.hidden_size, config.intermediate_size
+    H, inter = config.hidden_size, config.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {
         "bert.embeddings.word.weight": (config.vocab_size, H),
         "bert.embeddings.position.weight": (config.max_positions, H),
@@ -376,8 +394,8 @@ def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
             p + "attn.qkv.weight": (3 * H, H), p + "attn.qkv.bias": (3 * H,),
             p + "attn.out.weight": (H, H), p + "attn.out.bias": (H,),
             p + "attn.norm.weight": (H,), p + "attn.norm.bias": (H,),
-            p + "ffn.up.weight": (I, H), p + "ffn.up.bias": (I,),
-            p + "ffn.down.weight": (H, I), p + "ffn.down.bias": (H,),
+            p + "ffn.up.weight": (inter, H), p + "ffn.up.bias": (inter,),
+            p + "ffn.down.weight": (H, inter), p + "ffn.down.bias": (H,),
             p + "ffn.norm.weight": (H,), p + "ffn.norm.bias": (H,),
         })
     return shapes
@@ -528,7 +546,7 @@ def save_checkpoint(
     if not os.access(parent, os.W_OK):
         raise CheckpointError(f"{parent}: output directory is not writable")
     arch = architecture_for(state, task)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    tmp = temp_dir_for(path)
     try:
         hf_state = ours_to_hf(state, prefix=arch != "BertModel")
         write_weights(hf_state, tmp / WEIGHTS_NAME)
@@ -564,6 +582,15 @@ def save_checkpoint(
             ) from None
         raise
     return path
+
+
+def temp_dir_for(path: Path) -> Path:
+    """A temporary sibling ``.NAME.tmp-*`` of ``path`` with ordinary (umask) permissions."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    return tmp
 
 
 def replace_dir(tmp: Path, path: Path) -> None:

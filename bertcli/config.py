@@ -163,6 +163,7 @@ class BertConfig:
             "layer_norm_eps": self.layer_norm_eps,
             "pad_token_id": self.pad_token_id,
             "position_embedding_type": "absolute",
+            "tie_word_embeddings": True,  # the MLM decoder is the word-embedding matrix
         }
 
 

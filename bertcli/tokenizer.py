@@ -113,6 +113,8 @@ class Tokenizer:
                 cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise TokenizerError(f"{cfg_file}: invalid JSON ({exc})") from None
+            if not isinstance(cfg, dict):
+                raise TokenizerError(f"{cfg_file}: expected a JSON object of tokenizer settings")
         lowercase = bool(cfg.get("do_lower_case", True))
         strip_accents = cfg.get("strip_accents")
         max_len = cfg.get("model_max_length", 512)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bertcli.errors import BertcliError
 
@@ -33,7 +34,9 @@ def cli_command(fn):
         except BertcliError as exc:
             if STATE["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True, highlight=False)
+            # the message is plain text: paths and texts may hold "[...]", which is not rich markup
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True,
+                              highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if STATE["debug"]:

@@ -42,10 +42,13 @@ def command(
     """Show a checkpoint's configuration, size, heads, tokenizer and uses."""
     from bertcli.checkpoint import architecture_for, load_checkpoint
     from bertcli.cli.app import app
-    from bertcli.tokenizer import Tokenizer
+    from bertcli.tokenizer import Tokenizer, check_vocab
 
     ckpt = load_checkpoint(model, weights=weights)
-    tok = Tokenizer.load(ckpt.path)
+    tok = None  # a Hugging Face model saved without its tokenizer is still described
+    if (ckpt.path / "tokenizer.json").is_file() or (ckpt.path / "vocab.txt").is_file():
+        tok = Tokenizer.load(ckpt.path)
+        check_vocab(tok, ckpt.config.vocab_size, str(ckpt.path))
     n_params = sum(int(t.numel()) for t in ckpt.state.values()) if weights else None
     heads = sorted(ckpt.heads) if weights else []
     registered = {c.name for c in app.registered_commands}
@@ -57,7 +60,8 @@ def command(
         "parameters": n_params,
         "heads": heads,
         "labels": ckpt.id2label,
-        "tokenizer": {"vocab_size": tok.vocab_size, "lowercase": tok.lowercase, "strip_accents": tok.strip_accents},
+        "tokenizer": None if tok is None else
+        {"vocab_size": tok.vocab_size, "lowercase": tok.lowercase, "strip_accents": tok.strip_accents},
         "sentence_embedding": ckpt.sentence,
         "bertcli": ckpt.bertcli,
         "uses": uses_for(set(heads), registered),
@@ -65,9 +69,11 @@ def command(
     if json_out:
         emit_json(info)
         return
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=f"{ckpt.path}", show_header=False, title_justify="left")
+    t = Table(title=Text(str(ckpt.path)), show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
     t.add_row("architecture", info["architecture"])
@@ -78,13 +84,17 @@ def command(
                        f"intermediate {c.intermediate_size}, {c.max_positions} positions, vocab {c.vocab_size}")
     t.add_row("heads", ", ".join(heads) or "(encoder only)")
     if ckpt.id2label:
-        t.add_row("labels", ", ".join(f"{k}={v}" for k, v in sorted(ckpt.id2label.items())))
-    t.add_row("tokenizer", f"WordPiece, {tok.vocab_size} tokens, "
-                           f"{'lower-cased' if tok.lowercase else 'cased'}")
+        t.add_row("labels", escape(", ".join(f"{k}={v}" for k, v in sorted(ckpt.id2label.items()))))
+    if tok is None:
+        t.add_row("tokenizer", "none: no tokenizer.json or vocab.txt (copy the tokenizer files in to use it)")
+    else:
+        t.add_row("tokenizer", f"WordPiece, {tok.vocab_size} tokens, "
+                               f"{'lower-cased' if tok.lowercase else 'cased'}")
     if ckpt.sentence:
         s = ckpt.sentence
         t.add_row("sentence embedding", f"{s['pooling']} pooling{', normalised' if s['normalize'] else ''}")
     if ckpt.bertcli:
-        t.add_row("bertcli", ", ".join(f"{k}={v}" for k, v in ckpt.bertcli.items() if not isinstance(v, dict)))
+        t.add_row("bertcli", escape(", ".join(f"{k}={v}" for k, v in ckpt.bertcli.items()
+                                             if not isinstance(v, dict))))
     t.add_row("uses", "\n".join(info["uses"]) or "-")
     console.print(t)

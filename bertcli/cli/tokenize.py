@@ -32,16 +32,18 @@ def command(
     json_out: JsonOpt = False,
 ) -> None:
     """Show tokens, ids, segment ids and character offsets for each text."""
-    from bertcli.config import read_json
+    from bertcli.checkpoint import load_checkpoint
     from bertcli.data.text import read_lines
-    from bertcli.errors import DataError, TokenizerError
-    from bertcli.tokenizer import Tokenizer, check_max_length
+    from bertcli.errors import DataError
+    from bertcli.tokenizer import Tokenizer, check_max_length, check_vocab
 
     path = Path(model)
     tok = Tokenizer.load(path)
     max_positions = tok.model_max_length
-    if (path / "config.json").is_file():
-        max_positions = int(read_json(path / "config.json", TokenizerError).get("max_position_embeddings", 512))
+    if (path / "config.json").is_file():  # a model checkpoint: its ids must fit its embeddings
+        config = load_checkpoint(path, weights=False).config
+        check_vocab(tok, config.vocab_size, str(path))
+        max_positions = config.max_positions
     limit = check_max_length(max_length, max_positions) if max_length is not None else max_positions
 
     items = list(texts or [])
@@ -60,13 +62,15 @@ def command(
             })
             continue
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=(text if len(text) <= 80 else text[:77] + "...") or "(empty text)", title_justify="left")
+        title = (text if len(text) <= 80 else text[:77] + "...") or "(empty text)"
+        table = Table(title=Text(title), title_justify="left")  # Text: user input is never markup
         for col in ("#", "token", "id", "segment", "offsets"):
             table.add_column(col, justify="right" if col in ("#", "id", "segment") else "left")
         for i, (t, tid, seg, off) in enumerate(zip(e.tokens, e.ids, e.type_ids, e.offsets, strict=True)):
             style = "cyan" if tid in tok.special_ids else ("yellow" if t.startswith("##") else None)
-            table.add_row(str(i), t, str(tid), str(seg), f"{off[0]}-{off[1]}", style=style)
+            table.add_row(str(i), Text(t), str(tid), str(seg), f"{off[0]}-{off[1]}", style=style)
         console.print(table)
     if not json_out or truncated:
         err_console.print(

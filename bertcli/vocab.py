@@ -1,0 +1,263 @@
+"""Train a BERT WordPiece vocabulary on plain text (``tokenizers``' WordPiece trainer).
+
+``train_vocab(files, out)`` reads the files under the encoding policy of
+:mod:`bertcli.data.text`, holds out a deterministic sample of lines (``held_out``, chosen with
+``seed``), trains ``tokenizers.BertWordPieceTokenizer`` from an iterator of the decoded lines, and
+writes ``tokenizer.json``, ``vocab.txt``, ``tokenizer_config.json`` and
+``special_tokens_map.json`` through :meth:`bertcli.tokenizer.Tokenizer.save` into ``out``
+(atomically: a temporary sibling directory renamed into place).
+
+The special tokens always have these ids::
+
+    [PAD] = 0   [UNK] = 1   [CLS] = 2   [SEP] = 3   [MASK] = 4
+
+then come the alphabet (single characters and their ``##`` forms) and the learnt wordpieces.
+
+After writing, it checks itself: the directory is loaded back through ``tokenizer.json`` and
+through ``vocab.txt`` alone, and both must give the same ids as the trained tokenizer on a sample
+of text and the fixed special ids. It reports the vocabulary size, the unknown-token rate and the
+wordpieces per word on the held-out lines.
+
+If ``vocab_size`` is too small to hold the special tokens and the alphabet the trainer keeps
+(``limit_alphabet`` characters at most, each also as a ``##`` continuation), training stops with
+a :class:`~bertcli.errors.ConfigError` that names the size needed instead of writing a larger
+vocabulary than asked for.
+
+Reproducibility: ``tokenizers`` (0.23) numbers the ``##`` forms of characters in hash-map order,
+and merges with tied counts are broken by those ids, so two runs on the same text can give
+slightly different vocabularies (huggingface/tokenizers#1794). The held-out split is
+deterministic for a seed; keep the output directory rather than retraining to reproduce a model.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from bertcli.data.text import ENCODING_ERRORS, expand_paths, read_text
+from bertcli.errors import ConfigError, DataError, TokenizerError
+from bertcli.tokenizer import SPECIAL_TOKENS, Tokenizer
+
+SPECIAL_IDS = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}  # [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4
+BATCH_LINES = 1000
+CHECK_SAMPLE = 2000
+# A few lines the self-check always encodes: accents, CJK, emoji, control characters, punctuation.
+PROBES = (
+    "Hello, World! Naïve café façade: résumé — déjà vu.",
+    "Ünïcödé ß İstanbul 東京 😀 tab\there",
+    "[CLS] [SEP] [MASK] [PAD] [UNK] are plain text here.",
+    "don't can't 1,234.56 e-mail@example.com https://example.org/a?b=c",
+)
+
+
+def _lines(text: str) -> Iterator[str]:
+    for line in text.splitlines():
+        if line.strip():
+            yield line
+
+
+def read_corpus(
+    paths: Iterable[str | Path], encoding: str = "utf-8", errors: str = "strict", held_out: float = 0.02,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Read and split the corpus: {"train": [...lines], "held_out": [...lines], "files": [...], ...}.
+
+    Each non-blank line is held out with probability ``held_out`` (``random.Random(seed)``, in file
+    order: deterministic). When that picks no line but there are at least two, the last line is held
+    out so the statistics are never computed on training text.
+    """
+    if errors not in ENCODING_ERRORS:
+        raise ConfigError(f"--encoding-errors {errors}: valid values: {', '.join(ENCODING_ERRORS)}")
+    if not 0.0 <= held_out < 1.0:
+        raise ConfigError(f"--held-out must be at least 0 and below 1, got {held_out}")
+    files = expand_paths(paths)
+    if not files:
+        raise DataError("no input files given")
+    rng = random.Random(seed)
+    train: list[str] = []
+    test: list[str] = []
+    fallbacks: list[dict[str, str]] = []
+    replaced: list[str] = []
+    chars = 0
+    for f in files:
+        tf = read_text(f, encoding, errors)
+        if encoding.lower() == "auto" and tf.encoding != "utf-8":
+            fallbacks.append({"file": str(f), "encoding": tf.encoding})
+        if errors == "replace" and "\ufffd" in tf.text:
+            replaced.append(str(f))
+        chars += len(tf.text)
+        for line in _lines(tf.text):
+            (test if held_out and rng.random() < held_out else train).append(line)
+    if not train and not test:
+        names = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+        raise DataError(f"the corpus is empty: {names} hold(s) no text; pass files with text")
+    if held_out and not test and len(train) >= 2:
+        test.append(train.pop())
+    return {"train": train, "held_out": test, "files": [str(f) for f in files], "fallbacks": fallbacks,
+            "replaced": replaced, "characters": chars}
+
+
+def _batches(lines: list[str], n: int = BATCH_LINES) -> Iterator[list[str]]:
+    for i in range(0, len(lines), n):
+        yield lines[i:i + n]
+
+
+def text_stats(tok: Tokenizer, lines: list[str]) -> dict[str, Any]:
+    """Unknown-token rate and wordpieces per word of ``lines`` (no [CLS]/[SEP] counted)."""
+    backend = tok.backend
+    backend.no_truncation()
+    tok._max_length = None
+    n_tok = n_unk = n_words = 0
+    for batch in _batches(lines):
+        for e in backend.encode_batch(batch, add_special_tokens=False):
+            n_tok += len(e.ids)
+            n_unk += e.ids.count(tok.unk_id)
+            n_words += len({w for w in e.word_ids if w is not None})
+    return {
+        "lines": len(lines), "words": n_words, "tokens": n_tok,
+        "unk_rate": n_unk / n_tok if n_tok else 0.0,
+        "wordpieces_per_word": n_tok / n_words if n_words else 0.0,
+    }
+
+
+def self_check(trained: Tokenizer, out: Path, sample: list[str]) -> dict[str, Any]:
+    """Reload ``out`` through tokenizer.json and through vocab.txt; both must encode ``sample`` like
+    ``trained`` and have the fixed special ids. Raises TokenizerError otherwise."""
+    via_json = Tokenizer.load(out)
+    via_vocab = Tokenizer.from_vocab(out / "vocab.txt", trained.lowercase, trained.strip_accents)
+    texts = list(PROBES) + sample
+    ref, _, _ = trained.encode_ids(texts, max_length=100_000)
+    for name, tok in (("tokenizer.json", via_json), ("vocab.txt", via_vocab)):
+        got = (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id)
+        if got != tuple(SPECIAL_IDS.values()):
+            raise TokenizerError(f"{out / name}: special ids {got}, expected {tuple(SPECIAL_IDS.values())}")
+        if tok.vocab_size != trained.vocab_size:
+            raise TokenizerError(f"{out / name}: {tok.vocab_size} tokens, trained {trained.vocab_size}")
+        ids, _, _ = tok.encode_ids(texts, max_length=100_000)
+        for text, a, b in zip(texts, ref, ids, strict=True):
+            if a != b:
+                raise TokenizerError(f"{out / name}: reloaded tokenizer encodes {text[:60]!r} differently")
+    return {"texts": len(texts), "identical": True, "special_ids": dict(SPECIAL_IDS)}
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise ConfigError(f"{out}: exists and is not a directory; choose another --out")
+        if not force:
+            raise ConfigError(f"{out}: already exists; choose another --out or pass --force to replace it")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{out.parent}: no such directory (the parent of --out)")
+
+
+def train_vocab(
+    files: Iterable[str | Path],
+    out: str | Path,
+    *,
+    vocab_size: int = 30522,
+    min_frequency: int = 2,
+    lowercase: bool = True,
+    strip_accents: bool | None = None,
+    limit_alphabet: int = 1000,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    held_out: float = 0.02,
+    seed: int = 0,
+    force: bool = False,
+    show_progress: bool = False,
+    status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train a WordPiece vocabulary on ``files`` (files or directories) and write it to ``out``.
+
+    ``strip_accents=None`` strips accents when lower-casing (BERT's uncased behaviour).
+    ``show_progress`` shows the trainer's own progress bar on stderr; ``status(message)`` is called
+    at each stage. Returns the statistics (see the module docstring).
+    """
+    from tokenizers import BertWordPieceTokenizer
+
+    from bertcli.checkpoint import clean_leftovers, replace_dir, temp_dir_for
+
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise ConfigError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 1}, got {vocab_size}")
+    if min_frequency < 1:
+        raise ConfigError(f"--min-frequency must be at least 1, got {min_frequency}")
+    if limit_alphabet < 1:
+        raise ConfigError(f"--limit-alphabet must be at least 1, got {limit_alphabet}")
+    out = Path(out)
+    _prepare_out(out, force)
+    say = status or (lambda _msg: None)
+    t0 = time.perf_counter()
+
+    say("reading the corpus")
+    corpus = read_corpus(files, encoding, errors, held_out, seed)
+    train_lines: list[str] = corpus["train"]
+    eval_lines: list[str] = corpus["held_out"] or train_lines
+    t_read = time.perf_counter()
+
+    say(f"training a {vocab_size:,}-token WordPiece vocabulary on {len(train_lines):,} lines")
+    bwp = BertWordPieceTokenizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase,
+    )
+    bwp.train_from_iterator(
+        _batches(train_lines), vocab_size=vocab_size, min_frequency=min_frequency,
+        limit_alphabet=limit_alphabet, special_tokens=list(SPECIAL_TOKENS), show_progress=show_progress,
+        wordpieces_prefix="##", length=(len(train_lines) + BATCH_LINES - 1) // BATCH_LINES,
+    )
+    t_train = time.perf_counter()
+    vocab = bwp.get_vocab()
+    n_alpha = sum(1 for t in vocab if len(t) == 1 or (t.startswith("##") and len(t) == 3))
+    if len(vocab) > vocab_size:
+        raise ConfigError(
+            f"--vocab-size {vocab_size} is smaller than the {len(vocab)} tokens the alphabet alone needs "
+            f"({len(SPECIAL_TOKENS)} special tokens + {n_alpha} characters and their ## forms); use "
+            f"--vocab-size {len(vocab)} or more, or lower --limit-alphabet"
+        )
+    for tok_str, want in SPECIAL_IDS.items():
+        if vocab.get(tok_str) != want:  # the trainer puts special tokens first, in order
+            raise TokenizerError(f"trained vocabulary has {tok_str} at id {vocab.get(tok_str)}, expected {want}")
+    tok = Tokenizer(bwp._tokenizer, lowercase=lowercase, strip_accents=strip_accents)
+
+    say("writing and checking the vocabulary")
+    clean_leftovers(out.parent)
+    tmp = temp_dir_for(out)
+    try:
+        tok.save(tmp)
+        check = self_check(tok, tmp, eval_lines[:CHECK_SAMPLE])
+        if out.exists() and not force:  # created by someone else while we trained
+            raise ConfigError(f"{out}: already exists; choose another --out or pass --force to replace it")
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    t_check = time.perf_counter()
+
+    say("measuring the held-out sample")
+    stats = text_stats(tok, eval_lines)
+    t_end = time.perf_counter()
+    return {
+        "out": str(out),
+        "vocab_size": tok.vocab_size,
+        "requested_vocab_size": vocab_size,
+        "alphabet": n_alpha,
+        "continuations": sum(1 for t in vocab if t.startswith("##")),
+        "special_ids": dict(SPECIAL_IDS),
+        "files": len(corpus["files"]),
+        "fallback_files": corpus["fallbacks"],
+        "replaced_files": corpus["replaced"],
+        "characters": corpus["characters"],
+        "train_lines": len(train_lines),
+        "held_out": {**stats, "is_training_text": not corpus["held_out"]},
+        "unk_rate": stats["unk_rate"],
+        "wordpieces_per_word": stats["wordpieces_per_word"],
+        "settings": {"min_frequency": min_frequency, "lowercase": lowercase, "strip_accents": strip_accents,
+                     "limit_alphabet": limit_alphabet, "encoding": encoding, "encoding_errors": errors,
+                     "held_out": held_out, "seed": seed},
+        "self_check": check,
+        "time_s": {"read": round(t_read - t0, 3), "train": round(t_train - t_read, 3),
+                   "write_check": round(t_check - t_train, 3), "stats": round(t_end - t_check, 3),
+                   "total": round(t_end - t0, 3)},
+    }
