@@ -28,7 +28,7 @@ from bertcli.errors import CheckpointError
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-MAX_TENSORS = 50_000
+MAX_TENSORS = 10_000  # a BERT has a few hundred; the cap bounds the memory a hostile header costs
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -69,7 +69,17 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{path}: corrupt safetensors header: invalid UTF-8 at byte {8 + exc.start}") from None
 
+    # Refuse huge headers before building Python objects for them (bounded memory): a cheap count
+    # first, then a hard cap while parsing (the count can be dodged with JSON escapes).
+    if raw.count(b'"data_offsets"') > MAX_TENSORS:
+        raise CheckpointError(f"{path}: safetensors header lists more than {MAX_TENSORS} tensors")
+    objects = 0
+
     def no_duplicates(pairs):
+        nonlocal objects
+        objects += 1
+        if objects > MAX_TENSORS + 2:  # the tensor entries, __metadata__ and the header itself
+            raise CheckpointError(f"{path}: safetensors header lists more than {MAX_TENSORS} tensors")
         out = {}
         for k, v in pairs:
             if k in out:
@@ -81,6 +91,8 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         header = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: corrupt safetensors header: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: corrupt safetensors header: nested too deeply") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
     header.pop("__metadata__", None)
@@ -100,11 +112,11 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1] <= data_len):
             raise CheckpointError(f"{where}: data offsets {offsets!r} lie outside the {data_len}-byte data block")
-        numel = 1
+        numel = 0 if 0 in shape else 1  # an empty tensor, whatever its other dimensions
         for d in shape:
-            numel *= d
             if numel * _DTYPE_SIZES[dtype] > data_len:
-                break
+                break  # already too large for the file: stop before the product grows without bound
+            numel *= d
         if numel * _DTYPE_SIZES[dtype] != offsets[1] - offsets[0]:
             raise CheckpointError(
                 f"{where}: shape {shape} x {dtype} needs {numel * _DTYPE_SIZES[dtype]} bytes "
@@ -140,7 +152,16 @@ def write_weights(tensors: dict[str, Any], path: Path, metadata: dict[str, str] 
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(path), metadata=metadata or {"format": "pt"})
+    try:
+        save_file(tensors, str(path), metadata=metadata or {"format": "pt"})
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors wraps I/O failures (disk full, ...) in its own error type
+        m = re.search(r"os error (\d+)", str(exc))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 # ============================================================ name mapping

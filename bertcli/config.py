@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import reprlib
 import types
 import typing
 from dataclasses import asdict, dataclass, fields
@@ -207,10 +209,18 @@ def _check_types(obj: Any, where: str) -> None:
         ok, converted = _conforms(value, expected)
         if not ok:
             raise ConfigError(
-                f"{where} field '{f.name}' must be {_type_name(expected)}, got {value!r} ({type(value).__name__})"
+                f"{where} field '{f.name}' must be {_type_name(expected)}, got {_short_repr(value)} "
+                f"({type(value).__name__})"
             )
         if converted is not value:
             object.__setattr__(obj, f.name, converted)
+
+
+def _short_repr(value: Any) -> str:
+    """A bounded repr: a hostile YAML value (nested aliases, 'billion laughs') must not be expanded."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 80, 80
+    return r.repr(value)
 
 
 def _conforms(value: Any, expected: Any) -> tuple[bool, Any]:
@@ -295,6 +305,10 @@ def _construct_mapping(loader: _StrictSafeLoader, node: yaml.MappingNode, deep: 
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, list | dict):  # unhashable: a sequence or mapping used as a key
+            mark = key_node.start_mark
+            raise ConfigError(f"{mark.name}, line {mark.line + 1}: a key must be a plain name, not a "
+                              f"{'list' if isinstance(key, list) else 'mapping'}")
         if key in mapping:
             mark = key_node.start_mark
             raise ConfigError(
@@ -305,6 +319,10 @@ def _construct_mapping(loader: _StrictSafeLoader, node: yaml.MappingNode, deep: 
 
 
 _StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 reads 1e-4 (no dot) as a string; read it as the number everyone means (as YAML 1.2 does).
+_StrictSafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -323,6 +341,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("<unicode string>", str(path))) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply") from None
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}" if mark else "somewhere"
@@ -357,3 +377,5 @@ def read_json(path: Path, error: type = ConfigError) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise error(f"{path}: the JSON is nested too deeply") from None

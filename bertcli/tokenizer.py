@@ -111,8 +111,10 @@ class Tokenizer:
         if cfg_file.is_file():
             try:
                 cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
                 raise TokenizerError(f"{cfg_file}: invalid JSON ({exc})") from None
+            except OSError as exc:
+                raise TokenizerError(f"{cfg_file}: cannot read ({exc.strerror})") from None
             if not isinstance(cfg, dict):
                 raise TokenizerError(f"{cfg_file}: expected a JSON object of tokenizer settings")
         lowercase = bool(cfg.get("do_lower_case", True))

@@ -35,7 +35,9 @@ def cli_command(fn):
             if STATE["debug"]:
                 raise
             # the message is plain text: paths and texts may hold "[...]", which is not rich markup
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True,
+            # one line, whatever the message quotes from the input (a label or path with a newline)
+            message = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+            err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True,
                               highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
@@ -49,7 +51,11 @@ def cli_command(fn):
 
 def emit_json(obj: Any) -> None:
     """One JSON line on stdout."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    line = json.dumps(obj, ensure_ascii=False)
+    try:
+        sys.stdout.write(line + "\n")
+    except UnicodeEncodeError:  # a lone surrogate (from a JSON input): keep it as a \\udXXX escape
+        sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +144,8 @@ def _read_jsonl(name: str, text: str) -> Table:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{name}, line {i}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{name}, line {i}: the JSON is nested too deeply") from None
         if not isinstance(obj, dict):
             raise DataError(f"{name}, line {i}: expected a JSON object per line, got {type(obj).__name__}")
         for k in obj:
@@ -162,25 +166,48 @@ def escape_formula(value: str) -> str:
     return value
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_line(obj: dict) -> str:
+    """One JSON line; a lone surrogate (from a JSON input's \\ud800) stays an escape, never an error."""
+    line = json.dumps(obj, ensure_ascii=False)
+    return json.dumps(obj) if _SURROGATE.search(line) else line
+
+
+def _cell(value) -> str:
+    text = "" if value is None else str(value)
+    return escape_formula(_SURROGATE.sub("\ufffd", text))  # CSV cannot escape a lone surrogate
+
+
 def write_table(path: str | Path, columns: list[str], rows: list[dict], stream=None) -> None:
-    """Write rows as CSV/TSV (by extension; cells escaped against formulas) or JSONL."""
+    """Write rows as CSV/TSV (by extension; cells escaped against formulas) or JSONL.
+
+    A file is written to a temporary sibling and renamed into place, so an existing file is never
+    left half-written. Lone surrogates become ``\\udXXX`` escapes in JSONL and U+FFFD in CSV.
+    """
     name = str(path)
+    if stream is not None:
+        _write_rows(name, columns, rows, stream)
+        return
+    target = Path(name)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            _write_rows(name, columns, rows, fh)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_rows(name: str, columns: list[str], rows: list[dict], fh) -> None:
     if name.endswith((".jsonl", ".json", ".ndjson")):
-        fh = stream or open(name, "w", encoding="utf-8")
-        try:
-            for r in rows:
-                fh.write(json.dumps({c: r.get(c) for c in columns}, ensure_ascii=False) + "\n")
-        finally:
-            if stream is None:
-                fh.close()
+        for r in rows:
+            fh.write(json_line({c: r.get(c) for c in columns}) + "\n")
         return
     delim = "\t" if name.endswith((".tsv", ".txt")) else ","
-    fh = stream or open(name, "w", encoding="utf-8", newline="")
-    try:
-        w = csv.writer(fh, delimiter=delim)
-        w.writerow([escape_formula(c) for c in columns])
-        for r in rows:
-            w.writerow([escape_formula("" if r.get(c) is None else str(r.get(c))) for c in columns])
-    finally:
-        if stream is None:
-            fh.close()
+    w = csv.writer(fh, delimiter=delim)
+    w.writerow([_cell(c) for c in columns])
+    for r in rows:
+        w.writerow([_cell(r.get(c)) for c in columns])

@@ -1,0 +1,115 @@
+"""bertcli embed: sentence embeddings to .npy, .safetensors, .jsonl or stdout."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from bertcli.cli._common import (
+    DeviceOpt,
+    EncodingOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    QuietOpt,
+    cli_command,
+    emit_json,
+    err_console,
+)
+
+NAME = "embed"
+ORDER = 60
+EPILOG = """[bold]Examples[/]
+
+  bertcli embed --model MODEL "A man is playing a guitar." "A dog runs."
+
+  bertcli embed --model MODEL --input sentences.txt --output vectors.npy
+
+  bertcli embed --model MODEL --input data.csv --column text --output vectors.safetensors
+
+  cat sentences.txt | bertcli embed --model MODEL - --pooling cls --no-normalize > vectors.jsonl
+
+Empty texts are encoded as [CLS] [SEP] and get an ordinary vector; texts longer than
+--max-length tokens are truncated and counted in the summary.
+"""
+
+PROGRESS_MIN = 2000  # show a progress bar from this many texts on
+
+
+def read_inputs(texts, input, column, delimiter, quoting, header, encoding):
+    """Texts from arguments, stdin (a lone '-'), a text file (one per line) or a table column."""
+    from bertcli.data.tables import read_table
+    from bertcli.data.text import read_lines
+    from bertcli.errors import DataError
+
+    items = list(texts or [])
+    if items == ["-"]:
+        if input is not None:
+            raise DataError("give either - (stdin) or --input, not both")
+        items, input = [], "-"
+    if input is not None:
+        if items:
+            raise DataError("give texts as arguments or --input FILE, not both")
+        if column is not None:
+            table = read_table(input, delimiter=delimiter, quoting=quoting, header=header, encoding=encoding)
+            items = table.column(column)
+        else:
+            items = read_lines(input, encoding)
+    elif column is not None:
+        raise DataError("--column needs --input FILE (a CSV, TSV or JSONL file)")
+    if not items:
+        raise DataError("no input: give texts as arguments, --input FILE, or - for stdin")
+    return items
+
+
+@cli_command
+def command(
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to embed, or - to read one text per line from stdin.",
+                                                      show_default=False)] = None,
+    model: ModelOpt = ...,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="Text file (one text per line), or CSV/TSV/JSONL with --column; - for stdin.")] = None,
+    column: Annotated[str | None, typer.Option("--column", "-c", help="Column of --input holding the texts (name, or 0-based index with --no-header).")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help="cls|mean|max (default: the checkpoint's, else mean).")] = None,
+    normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise vectors (default: the checkpoint's, else normalise).", show_default=False)] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="FILE.npy, FILE.safetensors, FILE.jsonl, or - for JSON lines on stdout.")] = "-",
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate texts to N tokens (default: the checkpoint's max_seq_length, else max positions).")] = None,
+    batch_tokens: Annotated[int | None, typer.Option("--batch-tokens", help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA).")] = None,
+    delimiter: Annotated[str | None, typer.Option("--delimiter", help="Field delimiter of --input (default: from the extension; 'tab' for a tab).")] = None,
+    no_quoting: Annotated[bool, typer.Option("--no-quoting", help="Fields of --input hold bare double quotes (STS-B).")] = False,
+    no_header: Annotated[bool, typer.Option("--no-header", help="--input has no header row; columns are 0, 1, ...")] = False,
+    encoding: EncodingOpt = "utf-8",
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Embed texts into sentence vectors (rows in input order)."""
+    from bertcli.embed import check_output, check_pooling, embed, load, write_embeddings
+
+    kind = check_output(output)
+    if pooling is not None:
+        check_pooling(pooling)
+    items = read_inputs(texts, input, column, delimiter, not no_quoting, not no_header, encoding)
+    enc = load(model, device=device, precision=precision)
+    result = embed(
+        items, enc, pooling=pooling, normalize=normalize, max_length=max_length, batch_tokens=batch_tokens,
+        progress=not quiet and len(items) >= PROGRESS_MIN and sys.stderr.isatty(),
+    )
+    s = result.stats
+    write_embeddings(output, result.vectors, items, metadata={
+        "model": model, "pooling": s.pooling, "normalize": s.normalize, "max_length": s.max_length,
+    })
+    summary = {"output": output, **s.to_dict()}
+    if json_out and kind != "-":
+        emit_json(summary)
+    elif not quiet:
+        rate = s.count / s.seconds if s.seconds > 0 else float("inf")
+        err_console.print(
+            f"{s.count} text(s) -> {s.dim}-dim vectors ({s.pooling} pooling, "
+            f"{'normalised' if s.normalize else 'not normalised'}, {s.precision} on {s.device}); "
+            f"{s.truncated} truncated to {s.max_length} tokens; {s.seconds:.2f}s ({rate:.0f} texts/s)"
+            + ("" if kind == "-" else f"; written to {output}"),
+            soft_wrap=True,
+        )

@@ -1,0 +1,94 @@
+"""bertcli finetune: classification, sentence pairs and regression on CSV/TSV/JSONL."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bertcli.cli._common import cli_command, emit_json, err_console
+
+NAME = "finetune"
+ORDER = 40
+EPILOG = """[bold]Examples[/]
+
+  bertcli finetune --model runs/pretrained --task classification --train examples/data/sentiment_train.csv --dev examples/data/sentiment_dev.csv --text-column text --label-column label --out runs/sentiment
+
+  bertcli finetune --model runs/pretrained --train mrpc_train.tsv --dev mrpc_dev.tsv --no-quoting --text-column "#1 String" --text-pair-column "#2 String" --label-column Quality --out runs/mrpc
+
+  bertcli finetune --model runs/pretrained --task regression --train sts-train.csv --dev sts-dev.csv --delimiter tab --no-header --no-quoting --text-column 5 --text-pair-column 6 --label-column 4 --out runs/stsb
+
+  bertcli finetune --config finetune.yaml --epochs 5     [dim](YAML keys are the option names; the command line wins)[/]
+
+  bertcli finetune --config finetune.yaml --resume auto  [dim](continue an interrupted run)[/]
+"""
+
+
+@cli_command
+def command(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint to start from (bertcli's or Hugging Face's).", show_default=False)] = None,
+    task: Annotated[str | None, typer.Option("--task", help="classification | regression (default: classification)", show_default=False)] = None,
+    train: Annotated[str | None, typer.Option("--train", help="Training file (.csv, .tsv, .jsonl).", show_default=False)] = None,
+    dev: Annotated[str | None, typer.Option("--dev", help="Dev file: evaluated each epoch; picks the best model.", show_default=False)] = None,
+    test: Annotated[str | None, typer.Option("--test", help="Test file: evaluated once with the best model.", show_default=False)] = None,
+    text_column: Annotated[str | None, typer.Option("--text-column", help="Column with the text (name, or 0-based index with --no-header).", show_default=False)] = None,
+    text_pair_column: Annotated[str | None, typer.Option("--text-pair-column", help="Column with the second text of a pair.", show_default=False)] = None,
+    label_column: Annotated[str | None, typer.Option("--label-column", help="Column with the label (a number for regression).", show_default=False)] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Run directory; ends up a checkpoint of the best model.", show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Passes over the training data. (default: 3)", show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate. (default: 2e-5)", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per step. (default: 32)", show_default=False)] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Tokens per example (pairs included); longer inputs are truncated longest-first. (default: 128)", show_default=False)] = None,
+    warmup: Annotated[float | None, typer.Option("--warmup", help="Warmup: a fraction of the steps (< 1) or steps. (default: 0.1)", show_default=False)] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="AdamW weight decay. (default: 0.01)", show_default=False)] = None,
+    patience: Annotated[int | None, typer.Option("--patience", help="Stop after N evaluations without improvement.", show_default=False)] = None,
+    class_weights: Annotated[str | None, typer.Option("--class-weights", help="auto (inverse class frequency) | none (default: none)", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for every random choice. (default: 0)", show_default=False)] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Dev metric for the best model: accuracy, macro_f1, mcc, loss (classification); spearman, pearson, mse, loss (regression).", show_default=False)] = None,
+    delimiter: Annotated[str | None, typer.Option("--delimiter", help="Field delimiter (',', 'tab', ...); default: by file extension.", show_default=False)] = None,
+    no_quoting: Annotated[bool | None, typer.Option("--no-quoting", help="Treat double quotes as text (STS-B, MRPC).", show_default=False)] = None,
+    no_header: Annotated[bool | None, typer.Option("--no-header", help="Files have no header row; name columns by index.", show_default=False)] = None,
+    encoding: Annotated[str | None, typer.Option("--encoding", help="Input encoding: utf-8 (default), latin-1, auto, ...", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps", show_default=False)] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="auto|fp32|bf16|fp16", show_default=False)] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="auto (latest checkpoint in --out) or a checkpoint directory.", show_default=False)] = None,
+    skip_nonfinite: Annotated[int | None, typer.Option("--skip-nonfinite", help="Skip up to N steps whose loss or gradient is not finite, then stop. (default: 0)", show_default=False)] = None,
+    auto_batch_size: Annotated[bool | None, typer.Option("--auto-batch-size", help="On out-of-memory, split batches into smaller micro-batches (same effective batch); kept on resume.", show_default=False)] = None,
+    config: Annotated[str | None, typer.Option("--config", help="YAML file of options (keys: the option names).", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+) -> None:
+    """Fine-tune a checkpoint for text classification, sentence-pair classification or regression."""
+    from bertcli.config import merge_options
+    from bertcli.tasks.classification import FinetuneOptions, finetune, options_from_yaml
+
+    cli_values = {
+        "model": model, "task": task, "train": train, "dev": dev, "test": test, "text_column": text_column,
+        "text_pair_column": text_pair_column, "label_column": label_column, "out": out, "epochs": epochs,
+        "lr": lr, "batch_size": batch_size, "max_length": max_length, "warmup": warmup,
+        "weight_decay": weight_decay, "patience": patience, "class_weights": class_weights, "seed": seed,
+        "metric": metric, "delimiter": delimiter, "no_quoting": no_quoting, "no_header": no_header,
+        "encoding": encoding, "device": device, "precision": precision, "resume": resume,
+        "skip_nonfinite": skip_nonfinite, "auto_batch_size": auto_batch_size,
+        "quiet": True if quiet else None,
+    }
+    base = options_from_yaml(config) if config else FinetuneOptions()
+    opts = merge_options(base, cli_values)
+    summary = finetune(opts)
+    if json_out:
+        emit_json(summary)
+        return
+    if opts.quiet:
+        return
+    from rich.table import Table
+
+    table = Table(title="fine-tuning", title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for split, n in summary["examples"].items():
+        cut = summary["truncated"].get(split, 0)
+        table.add_row(split, f"{n} examples, {cut} truncated to {summary['max_length']} tokens")
+    for k, v in (summary.get("test") or {}).items():
+        table.add_row(f"test {k}", f"{v:.4f}")
+    table.add_row("model", str(opts.out))
+    err_console.print(table)

@@ -1,0 +1,196 @@
+"""bertcli similarity: cosine similarity of two texts or of every pair in a file."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from bertcli.cli._common import (
+    DeviceOpt,
+    EncodingOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    QuietOpt,
+    cli_command,
+    console,
+    emit_json,
+    err_console,
+)
+
+NAME = "similarity"
+ORDER = 61
+EPILOG = """[bold]Examples[/]
+
+  bertcli similarity --model MODEL "A man is playing a guitar." "A man plays the guitar."
+
+  bertcli similarity --model MODEL --pairs pairs.csv --a-column s1 --b-column s2 --output scored.csv
+
+  STS-B (tab-separated, no header, bare quotes), scored against the gold column, three poolings:
+
+  bertcli similarity --model MODEL --pairs sts-dev.csv --no-header --no-quoting --a-column 5 --b-column 6 --gold-column 4 --pooling cls,mean,max
+"""
+
+
+def parse_poolings(spec: str | None) -> list[str] | None:
+    from bertcli.embed import check_pooling
+
+    if spec is None:
+        return None
+    out = [check_pooling(p.strip()) for p in spec.split(",") if p.strip()]
+    if not out:
+        from bertcli.errors import ConfigError
+
+        raise ConfigError("--pooling: give one or more of cls, mean, max separated by commas")
+    return list(dict.fromkeys(out))
+
+
+def parse_gold(table, column: str) -> list[float]:
+    import math
+
+    from bertcli.errors import DataError
+
+    values = table.column(column)
+    out = []
+    for v, line in zip(values, table.lines, strict=True):
+        try:
+            x = float(v)
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x):
+            raise DataError(f"{table.path}, line {line}: gold score {v!r} in column '{column}' is not a number")
+        out.append(x)
+    return out
+
+
+@cli_command
+def command(
+    texts: Annotated[list[str] | None, typer.Argument(help="Two texts to compare.", show_default=False)] = None,
+    model: ModelOpt = ...,
+    pairs: Annotated[str | None, typer.Option("--pairs", help="CSV/TSV/JSONL file of text pairs (- for stdin).")] = None,
+    a_column: Annotated[str | None, typer.Option("--a-column", help="Column of --pairs with the first texts.")] = None,
+    b_column: Annotated[str | None, typer.Option("--b-column", help="Column of --pairs with the second texts.")] = None,
+    gold_column: Annotated[str | None, typer.Option("--gold-column", help="Column of gold scores: report Pearson and Spearman.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write every pair with its score(s): FILE.csv/.tsv/.jsonl, or - for JSON lines on stdout.")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help="cls|mean|max, or several separated by commas to compare them (one encoder pass).")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate texts to N tokens (default: the checkpoint's).")] = None,
+    batch_tokens: Annotated[int | None, typer.Option("--batch-tokens", help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA).")] = None,
+    delimiter: Annotated[str | None, typer.Option("--delimiter", help="Field delimiter of --pairs (default: from the extension; 'tab' for a tab).")] = None,
+    no_quoting: Annotated[bool, typer.Option("--no-quoting", help="Fields of --pairs hold bare double quotes (STS-B).")] = False,
+    no_header: Annotated[bool, typer.Option("--no-header", help="--pairs has no header row; columns are 0, 1, ...")] = False,
+    encoding: EncodingOpt = "utf-8",
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Cosine similarity of two texts, or of every pair in a file (with Pearson/Spearman against gold scores)."""
+    from bertcli.errors import DataError
+
+    poolings = parse_poolings(pooling)
+    if pairs is None:
+        for name, value in (("--a-column", a_column), ("--b-column", b_column), ("--gold-column", gold_column),
+                            ("--output", output)):
+            if value is not None:
+                raise DataError(f"{name} needs --pairs FILE")
+        if not texts or len(texts) != 2:
+            raise DataError(f"give exactly two texts to compare (got {len(texts or [])}), or --pairs FILE")
+        _two_texts(texts, model, poolings, max_length, batch_tokens, device, precision, json_out)
+        return
+    if texts:
+        raise DataError("give two texts or --pairs FILE, not both")
+    if a_column is None or b_column is None:
+        raise DataError("--pairs needs --a-column and --b-column (names, or 0-based indexes with --no-header)")
+    _pairs(model, pairs, a_column, b_column, gold_column, output, poolings, max_length, batch_tokens,
+           delimiter, not no_quoting, not no_header, encoding, device, precision, json_out, quiet)
+
+
+def _two_texts(texts, model, poolings, max_length, batch_tokens, device, precision, json_out):
+    from bertcli.embed import load, score_pairs
+
+    enc = load(model, device=device, precision=precision)
+    res = score_pairs([texts[0]], [texts[1]], enc, poolings=poolings, max_length=max_length,
+                      batch_tokens=batch_tokens)
+    if json_out:
+        for p, s in res.scores.items():
+            emit_json({"a": texts[0], "b": texts[1], "pooling": p, "cosine": float(s[0])})
+    elif len(res.scores) == 1:
+        console.print(f"{float(next(iter(res.scores.values()))[0]):.4f}")
+    else:
+        for p, s in res.scores.items():
+            console.print(f"{p}\t{float(s[0]):.4f}")
+
+
+def _pairs(model, path, a_column, b_column, gold_column, output, poolings, max_length, batch_tokens,
+           delimiter, quoting, header, encoding, device, precision, json_out, quiet):
+    from rich.table import Table as RichTable
+
+    from bertcli.data.tables import read_table, write_table
+    from bertcli.embed import load, score_pairs
+    from bertcli.errors import DataError
+
+    if output not in (None, "-") and not output.lower().endswith((".csv", ".tsv", ".txt", ".jsonl", ".json")):
+        raise DataError(f"{output}: unknown output format; use .csv, .tsv, .jsonl, or - for JSON lines on stdout")
+    table = read_table(path, delimiter=delimiter, quoting=quoting, header=header, encoding=encoding)
+    a = table.column(a_column)
+    b = table.column(b_column)
+    gold = parse_gold(table, gold_column) if gold_column is not None else None
+    if not a:
+        raise DataError(f"{table.path}: no rows")
+    enc = load(model, device=device, precision=precision)
+    res = score_pairs(a, b, enc, poolings=poolings, gold=gold, max_length=max_length, batch_tokens=batch_tokens,
+                      progress=not quiet and sys.stderr.isatty() and len(a) >= 1000)
+    names = list(res.scores)
+    col = {p: ("score" if len(names) == 1 else f"score_{p}") for p in names}
+
+    if output is not None:
+        records = table.records()
+        columns = list(table.columns) + [col[p] for p in names]
+        for i, r in enumerate(records):
+            for p in names:
+                r[col[p]] = round(float(res.scores[p][i]), 6)
+        if output == "-":
+            for r in records:
+                emit_json({c: r.get(c) for c in columns})
+        else:
+            try:
+                write_table(output, columns, records)
+            except OSError as exc:
+                raise DataError(f"{output}: cannot write ({exc.strerror or exc})") from None
+
+    s = res.stats
+    rows = []
+    for p in names:
+        row = {"pooling": p, "pairs": len(a), "mean_cosine": float(res.scores[p].mean())}
+        if res.correlations:
+            row.update(res.correlations[p])
+        rows.append(row)
+    if json_out and output != "-":
+        for row in rows:
+            emit_json({**row, "texts": s.count, "truncated": s.truncated, "precision": s.precision,
+                       "seconds": round(s.seconds, 3)})
+        return
+    if quiet and output is not None:
+        return
+    out_console = err_console if output == "-" else console
+    t = RichTable(title=f"{table.path}: {len(a)} pairs, {s.count} distinct texts", title_justify="left")
+    t.add_column("pooling")
+    t.add_column("mean cosine", justify="right")
+    if res.correlations:
+        t.add_column("Pearson", justify="right")
+        t.add_column("Spearman", justify="right")
+    for row in rows:
+        cells = [row["pooling"], f"{row['mean_cosine']:.4f}"]
+        if res.correlations:
+            cells += [f"{row['pearson']:.4f}", f"{row['spearman']:.4f}"]
+        t.add_row(*cells)
+    out_console.print(t)
+    if not quiet:
+        err_console.print(
+            f"{s.count} texts encoded in {s.seconds:.2f}s ({s.precision} on {s.device}); "
+            f"{s.truncated} truncated to {s.max_length} tokens"
+            + (f"; scores written to {output}" if output not in (None, "-") else ""),
+            soft_wrap=True,
+        )

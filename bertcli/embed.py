@@ -1,0 +1,468 @@
+"""Sentence embeddings and cosine similarity.
+
+``encode(texts, model)`` returns one vector per text, in input order, as a tensor (or a numpy
+array with ``return_numpy=True``). ``model`` is a checkpoint directory or an :class:`Encoder`
+from :func:`load` (load once, call many times; a path is also cached, so repeated calls with
+the same directory do not reload it). ``embed()`` does the same and also returns statistics
+(count, dimension, truncated texts, tokens, time). ``similarity(a, b)`` is cosine similarity.
+
+Defaults come from the checkpoint: a sentence-transformers model's pooling, normalisation and
+``max_seq_length`` (``modules.json``, ``1_Pooling/config.json``, a ``Normalize`` module);
+otherwise mean pooling, normalised, up to the model's position table.
+
+Speed: texts are tokenized once (the ids-only fast path), sorted by length and cut into
+batches of at most ``batch_tokens`` tokens (padded size). A batch is closed early at a length
+change once it is half full, so most batches hold texts of exactly one length and run with no
+padding and no attention mask at all; the rest pad by a token or two. Everything runs under
+``torch.inference_mode``; vectors are scattered back to input order on the device and copied
+to the host once.
+
+Empty texts are encoded as ``[CLS] [SEP]`` and get an ordinary, valid vector (the same vector
+for every empty text); texts longer than ``max_length`` tokens are truncated and counted in
+``EmbedStats.truncated``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bertcli.errors import ConfigError, DataError
+from bertcli.heads import POOLINGS
+
+OUTPUT_SUFFIXES = (".npy", ".safetensors", ".jsonl")
+# Padded tokens per batch. On a CPU, small batches keep activations in cache (measured:
+# 2048 is faster than 8192 for MiniLM); on a GPU bigger batches fill the device.
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768, "mps": 8192}
+
+
+@dataclass
+class Encoder:
+    """A loaded encoder with its tokenizer and the checkpoint's sentence-embedding defaults."""
+
+    model: Any  # bertcli.model.BertModel, eval mode, on ``device``
+    tokenizer: Any  # bertcli.tokenizer.Tokenizer
+    checkpoint: Any  # bertcli.checkpoint.Checkpoint
+    device: Any  # torch.device
+    precision: str  # "fp32" | "bf16" | "fp16"
+    pooling: str
+    normalize: bool
+    max_length: int
+
+    @property
+    def dim(self) -> int:
+        return self.checkpoint.config.hidden_size
+
+
+@dataclass
+class EmbedStats:
+    count: int
+    dim: int
+    truncated: int
+    tokens: int
+    batches: int
+    seconds: float
+    pooling: str
+    normalize: bool
+    max_length: int
+    device: str
+    precision: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EmbedResult:
+    vectors: Any  # torch.Tensor (N, H) float32 on the CPU, or a numpy array
+    stats: EmbedStats
+
+
+_CACHE: dict[tuple, Encoder] = {}
+
+
+def load(model: str | Path, *, device: str = "auto", precision: str = "auto") -> Encoder:
+    """Load a checkpoint directory for embedding (cached: the same arguments return the same Encoder)."""
+    from bertcli.device import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    key = (str(Path(model).resolve()), str(dev), prec)
+    if key in _CACHE:
+        return _CACHE[key]
+    from bertcli.checkpoint import load_encoder
+
+    enc_model, tok, ckpt = load_encoder(model, dev)
+    sentence = ckpt.sentence or {}
+    max_len = sentence.get("max_seq_length") or ckpt.config.max_positions
+    encoder = Encoder(
+        model=enc_model, tokenizer=tok, checkpoint=ckpt, device=dev, precision=prec,
+        pooling=sentence.get("pooling") or "mean",
+        normalize=bool(sentence.get("normalize", True)) if sentence else True,
+        max_length=min(int(max_len), ckpt.config.max_positions),
+    )
+    _CACHE.clear()  # keep one model in memory, not every one ever used
+    _CACHE[key] = encoder
+    return encoder
+
+
+def _as_encoder(model: Any, device: str, precision: str) -> Encoder:
+    if isinstance(model, Encoder):
+        return model
+    if isinstance(model, tuple) and len(model) == 3:  # (BertModel, Tokenizer, Checkpoint) from load_encoder
+        from bertcli.device import resolve_precision
+
+        m, tok, ckpt = model
+        sentence = ckpt.sentence or {}
+        dev = m.device
+        return Encoder(
+            model=m.eval(), tokenizer=tok, checkpoint=ckpt, device=dev,
+            precision=resolve_precision(precision, dev),
+            pooling=sentence.get("pooling") or "mean",
+            normalize=bool(sentence.get("normalize", True)) if sentence else True,
+            max_length=min(int(sentence.get("max_seq_length") or ckpt.config.max_positions),
+                           ckpt.config.max_positions),
+        )
+    if isinstance(model, (str, Path)):
+        return load(model, device=device, precision=precision)
+    raise TypeError(f"model must be a checkpoint directory or an Encoder, not {type(model).__name__}")
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise ConfigError(f"--pooling {pooling}: unknown pooling; valid: {', '.join(POOLINGS)}")
+    return pooling
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches: longest first, at most ``batch_tokens`` padded tokens each.
+
+    A batch is closed at a change of length once it is at least half full, so most batches
+    hold texts of one length (no padding, no attention mask). A text longer than the budget
+    gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    width = 0
+    for i in order:
+        n = lengths[i]
+        if cur and ((len(cur) + 1) * width > batch_tokens or (n != width and 2 * len(cur) * width >= batch_tokens)):
+            batches.append(cur)
+            cur = []
+        if not cur:
+            width = n
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _progress_bar(total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from bertcli.cli._common import err_console
+
+    return Progress(
+        TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("texts"),
+        TimeRemainingColumn(), console=err_console, transient=True,
+    )
+
+
+def embed_poolings(
+    texts: Sequence[str],
+    model: Any,
+    poolings: Sequence[str],
+    *,
+    normalize: bool | None = None,
+    max_length: int | None = None,
+    batch_tokens: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool | Callable[[int, int], None] = False,
+) -> tuple[dict[str, Any], EmbedStats]:
+    """One encoder pass over ``texts``, pooled each way in ``poolings``: ({pooling: (N, H) float32 CPU tensor}, stats).
+
+    ``progress`` is True (a rich bar on stderr) or a callable ``(done, total)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from bertcli.device import autocast
+    from bertcli.heads import pool
+    from bertcli.tokenizer import check_max_length, pad_batch
+
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings; wrap a single text in a list")
+    enc = _as_encoder(model, device, precision)
+    poolings = [check_pooling(p) for p in (poolings or [enc.pooling])]
+    normalize = enc.normalize if normalize is None else normalize
+    limit = enc.max_length if max_length is None else check_max_length(max_length, enc.checkpoint.config.max_positions)
+    budget = batch_tokens or DEFAULT_BATCH_TOKENS.get(enc.device.type, 4096)
+    if budget < 1:
+        raise ConfigError(f"--batch-tokens must be positive, got {budget}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise DataError(f"text {i} is a {type(t).__name__}, not a string")
+
+    start = time.perf_counter()
+    ids, _, truncated = enc.tokenizer.encode_ids(texts, max_length=limit)
+    lengths = [len(x) for x in ids]
+    batches = plan_batches(lengths, budget)
+    n, H, dev = len(texts), enc.dim, enc.device
+    out = {p: torch.empty((n, H), dtype=torch.float32, device=dev) for p in poolings}
+    cuda = dev.type == "cuda"
+
+    bar = None
+    report = progress if callable(progress) else None
+    if progress is True:
+        bar = _progress_bar(n)
+        bar.start()
+        task = bar.add_task("embed", total=n)
+        report = lambda done, total: bar.update(task, completed=done)  # noqa: E731
+    done = 0
+    try:
+        with torch.inference_mode(), autocast(dev, enc.precision):
+            for batch in batches:
+                input_ids, mask, _ = pad_batch([ids[i] for i in batch], None, enc.tokenizer.pad_id)
+                index = torch.tensor(batch, dtype=torch.long)
+                if dev.type != "cpu":
+                    if cuda:
+                        input_ids, mask, index = (t.pin_memory() for t in (input_ids, mask, index))
+                    input_ids, mask, index = (t.to(dev, non_blocking=True) for t in (input_ids, mask, index))
+                hidden = enc.model(input_ids, mask)  # (B, T, H); no mask inside when every row is full
+                for p in poolings:
+                    vec = pool(hidden, mask, p).float()  # (B, H)
+                    if normalize:
+                        vec = F.normalize(vec, dim=-1)
+                    out[p].index_copy_(0, index, vec)
+                done += len(batch)
+                if report is not None:
+                    report(done, n)
+    finally:
+        if bar is not None:
+            bar.stop()
+    result = {p: v.cpu() for p, v in out.items()}
+    stats = EmbedStats(
+        count=n, dim=H, truncated=truncated, tokens=sum(lengths), batches=len(batches),
+        seconds=time.perf_counter() - start, pooling=",".join(poolings), normalize=normalize,
+        max_length=limit, device=str(dev), precision=enc.precision,
+    )
+    return result, stats
+
+
+def embed(
+    texts: Sequence[str],
+    model: Any,
+    *,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    max_length: int | None = None,
+    batch_tokens: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool | Callable[[int, int], None] = False,
+    return_numpy: bool = False,
+) -> EmbedResult:
+    """Like :func:`encode`, returning ``EmbedResult(vectors, stats)``."""
+    enc = _as_encoder(model, device, precision)
+    mode = pooling or enc.pooling
+    vectors, stats = embed_poolings(
+        texts, enc, [mode], normalize=normalize, max_length=max_length,
+        batch_tokens=batch_tokens, progress=progress,
+    )
+    v = vectors[mode]
+    return EmbedResult(v.numpy() if return_numpy else v, stats)
+
+
+def encode(
+    texts: Sequence[str],
+    model: Any,
+    *,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    max_length: int | None = None,
+    batch_tokens: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool | Callable[[int, int], None] = False,
+    return_numpy: bool = False,
+):
+    """Embed ``texts`` with ``model`` (a checkpoint directory or an :class:`Encoder`).
+
+    Returns an (N, H) float32 CPU tensor (numpy array with ``return_numpy``), row i for text i.
+    ``pooling`` (cls|mean|max), ``normalize`` and ``max_length`` default to the checkpoint's
+    sentence-transformers settings, else mean pooling, normalised, the model's max positions.
+    Use :func:`embed` for the statistics (e.g. how many texts were truncated).
+    """
+    return embed(
+        texts, model, pooling=pooling, normalize=normalize, max_length=max_length,
+        batch_tokens=batch_tokens, device=device, precision=precision, progress=progress,
+        return_numpy=return_numpy,
+    ).vectors
+
+
+# ============================================================ similarity
+def similarity(a, b, *, pairwise: bool = False, model: Any = None, **encode_kwargs):
+    """Cosine similarity.
+
+    * two vectors (H,) -> a float;
+    * (N, H) and (M, H) -> the (N, M) matrix; with ``pairwise=True`` and N == M -> (N,) row by row.
+    * strings or lists of strings are encoded first with ``model`` (and ``encode_kwargs``).
+
+    Tensors in, tensor out; numpy in, numpy out.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    def vectors(x):
+        if isinstance(x, str) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], str)):
+            if model is None:
+                raise TypeError("similarity() of texts needs model=")
+            single = isinstance(x, str)
+            v = encode([x] if single else list(x), model, **encode_kwargs)
+            return (v[0] if single else v), False
+        if isinstance(x, np.ndarray):
+            return torch.from_numpy(np.asarray(x, dtype=np.float32)), True
+        return torch.as_tensor(x).float(), False
+
+    va, a_np = vectors(a)
+    vb, b_np = vectors(b)
+    if va.dim() == 1 and vb.dim() == 1:
+        return float(F.cosine_similarity(va, vb, dim=0, eps=1e-12))
+    va2, vb2 = (va[None] if va.dim() == 1 else va), (vb[None] if vb.dim() == 1 else vb)
+    if va2.shape[-1] != vb2.shape[-1]:
+        raise ValueError(f"vectors differ in dimension: {va2.shape[-1]} and {vb2.shape[-1]}")
+    na, nb = F.normalize(va2, dim=-1, eps=1e-12), F.normalize(vb2, dim=-1, eps=1e-12)
+    if pairwise:
+        if na.shape[0] != nb.shape[0]:
+            raise ValueError(f"pairwise similarity needs as many rows in a as in b ({na.shape[0]} vs {nb.shape[0]})")
+        out = (na * nb).sum(-1)
+    else:
+        out = na @ nb.T
+    return out.numpy() if (a_np or b_np) else out
+
+
+@dataclass
+class PairScores:
+    scores: dict[str, Any]  # pooling -> (N,) float numpy array of cosine similarities
+    stats: EmbedStats
+    correlations: dict[str, dict[str, float]] | None = None  # pooling -> {"pearson", "spearman"}
+
+
+def score_pairs(
+    a_texts: Sequence[str],
+    b_texts: Sequence[str],
+    model: Any,
+    *,
+    poolings: Sequence[str] | None = None,
+    gold: Sequence[float] | None = None,
+    **kwargs,
+) -> PairScores:
+    """Cosine similarity of each (a, b) pair; every distinct text is encoded once, pooled each way.
+
+    With ``gold`` scores, Pearson and Spearman correlations (scipy) per pooling.
+    """
+    if len(a_texts) != len(b_texts):
+        raise ValueError("a_texts and b_texts differ in length")
+    enc = _as_encoder(model, kwargs.pop("device", "auto"), kwargs.pop("precision", "auto"))
+    unique = list(dict.fromkeys([*a_texts, *b_texts]))
+    where = {t: i for i, t in enumerate(unique)}
+    vectors, stats = embed_poolings(unique, enc, list(poolings or [enc.pooling]), **kwargs)
+    ia = [where[t] for t in a_texts]
+    ib = [where[t] for t in b_texts]
+    scores = {p: similarity(v[ia], v[ib], pairwise=True).numpy() for p, v in vectors.items()}
+    corr = None
+    if gold is not None:
+        corr = {p: correlations(s, gold) for p, s in scores.items()}
+    return PairScores(scores, stats, corr)
+
+
+def correlations(scores, gold) -> dict[str, float]:
+    """Pearson and Spearman correlation (scipy.stats) between predicted and gold scores."""
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+
+    s = np.asarray(scores, dtype=np.float64)
+    g = np.asarray(gold, dtype=np.float64)
+    if len(s) < 2:
+        raise DataError("correlations need at least 2 pairs")
+    if np.all(g == g[0]):
+        raise DataError("every gold score is the same; correlations are undefined")
+    return {"pearson": float(pearsonr(s, g)[0]), "spearman": float(spearmanr(s, g)[0])}
+
+
+# ============================================================ output files
+def check_output(path: str) -> str:
+    """The output kind ('npy', 'safetensors', 'jsonl' or '-') for ``path``; unknown extensions are an error."""
+    if path == "-":
+        return "-"
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise DataError(
+            f"{path}: unknown output format '{suffix or '(no extension)'}'; use .npy, .safetensors, .jsonl, "
+            f"or - for JSON lines on stdout"
+        )
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise DataError(f"{path}: the directory {parent} does not exist")
+    return suffix[1:]
+
+
+def write_embeddings(path: str, vectors, texts: Sequence[str] | None = None,
+                     metadata: dict[str, Any] | None = None, stream=None) -> None:
+    """Write (N, H) vectors to ``.npy`` (no pickle), ``.safetensors`` (tensor ``embeddings``),
+    ``.jsonl`` or ``-`` (JSON lines ``{"index", "text", "embedding"}`` on ``stream``/stdout).
+
+    Files are written to a temporary name and renamed into place.
+    """
+    import sys
+
+    import numpy as np
+
+    kind = check_output(path)
+    array = vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors, dtype=np.float32)
+    array = np.ascontiguousarray(array, dtype=np.float32)
+
+    def lines(fh):
+        from bertcli.data.tables import json_line
+
+        for i, row in enumerate(array.tolist()):
+            rec: dict[str, Any] = {"index": i}
+            if texts is not None:
+                rec["text"] = texts[i]
+            rec["embedding"] = row
+            fh.write(json_line(rec) + "\n")  # a lone surrogate stays a \\udXXX escape
+
+    if kind == "-":
+        lines(stream or sys.stdout)
+        (stream or sys.stdout).flush()
+        return
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        if kind == "npy":
+            with open(tmp, "wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+        elif kind == "safetensors":
+            from safetensors.numpy import save_file
+
+            meta = {k: str(v) for k, v in (metadata or {}).items()}
+            save_file({"embeddings": array}, tmp, metadata=meta or None)
+        else:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                lines(fh)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

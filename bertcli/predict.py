@@ -1,0 +1,154 @@
+"""Predictions of a fine-tuned sequence classifier or regressor on a table of texts.
+
+``predict_table(model_dir, input)`` reads a CSV/TSV/JSONL file, runs the model and returns every
+input row with the predicted ``label`` and one ``prob_<label>`` column per class (classification)
+or a ``score`` column (regression). When the input already has a column of that name, the new
+one is called ``predicted_label`` / ``predicted_score``. The text columns default to the ones
+the model was fine-tuned on (saved in the checkpoint's ``bertcli`` block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertcli.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class Classifier:
+    """A loaded sequence classification / regression checkpoint, ready for inference."""
+
+    model: Any
+    tokenizer: Any
+    checkpoint: Any
+    regression: bool
+    id2label: dict[int, str]
+    max_length: int
+    device: Any
+    precision: str
+
+    def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
+               progress=None) -> tuple[np.ndarray, int]:
+        """(logits (N, K), number of truncated inputs)."""
+        from bertcli.tasks.classification import batched_logits
+
+        ids, type_ids, truncated = self.tokenizer.encode_ids(texts, pairs, max_length=self.max_length)
+        out = batched_logits(self.model, ids, type_ids, pad_id=self.tokenizer.pad_id, batch_size=batch_size,
+                             device=self.device, precision=self.precision, progress=progress)
+        return out, truncated
+
+
+def load_classifier(model_dir: str | Path, device: str = "auto", precision: str = "auto") -> Classifier:
+    """Load a checkpoint with a sequence classification head; head size vs label map checked."""
+    from bertcli.checkpoint import load_checkpoint, load_into, load_tokenizer
+    from bertcli.device import resolve_device, resolve_precision
+    from bertcli.heads import BertForSequenceClassification
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    ckpt = load_checkpoint(model_dir)
+    head = ckpt.state.get("classifier.weight")
+    task = ckpt.bertcli.get("task")
+    if head is None or "pooler" not in ckpt.heads or task in ("token-classification",):
+        raise CheckpointError(
+            f"{ckpt.path}: has no sequence classification head; fine-tune it first with "
+            f"bertcli finetune --task classification|regression"
+        )
+    rows = int(head.shape[0])
+    regression = ckpt.hf_config.get("problem_type") == "regression" or task == "regression"
+    id2label = ckpt.id2label or {i: f"LABEL_{i}" for i in range(rows)}
+    if regression and rows != 1:
+        raise CheckpointError(f"{ckpt.path}: a regression model needs 1 output but the classifier head has {rows}")
+    if not regression and len(id2label) != rows:
+        raise CheckpointError(
+            f"{ckpt.path}: config.json maps {len(id2label)} labels (id2label) but the classifier head has "
+            f"{rows} outputs; the checkpoint is inconsistent"
+        )
+    if not regression and sorted(id2label) != list(range(rows)):
+        raise CheckpointError(f"{ckpt.path}: id2label keys must be 0..{rows - 1}, got {sorted(id2label)}")
+    tok = load_tokenizer(ckpt.path, ckpt.config.vocab_size)
+    max_length = int(ckpt.bertcli.get("max_length") or min(ckpt.config.max_positions, tok.model_max_length))
+    max_length = min(max_length, ckpt.config.max_positions)
+    model = BertForSequenceClassification(ckpt.config, rows)
+    load_into(model, ckpt.state, str(ckpt.path))
+    model.to(dev).eval()
+    return Classifier(model, tok, ckpt, regression, id2label, max_length, dev, prec)
+
+
+@dataclass
+class Predictions:
+    columns: list[str]                 # input columns then the added ones
+    rows: list[dict[str, Any]]
+    added: list[str] = field(default_factory=list)
+    truncated: int = 0
+    regression: bool = False
+
+
+def _free_name(name: str, taken: list[str]) -> str:
+    return name if name not in taken else f"predicted_{name}"
+
+
+def predict_table(
+    model_dir: str | Path,
+    input: str | Path,
+    *,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "auto",
+    delimiter: str | None = None,
+    no_quoting: bool | None = None,
+    no_header: bool | None = None,
+    encoding: str = "utf-8",
+    classifier: Classifier | None = None,
+    progress=None,
+) -> Predictions:
+    """Predict every row of ``input`` (``-`` for stdin); returns the rows with the added columns."""
+    from bertcli.data.tables import read_table
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    clf = classifier or load_classifier(model_dir, device, precision)
+    saved = clf.checkpoint.bertcli
+    text_column = text_column or saved.get("text_column")
+    if text_pair_column is None:
+        text_pair_column = saved.get("text_pair_column")
+    if not text_column:
+        raise ConfigError(f"{clf.checkpoint.path}: the checkpoint names no text column; pass --text-column")
+    if delimiter is None and not str(input).lower().endswith((".jsonl", ".json", ".ndjson")):
+        delimiter = saved.get("delimiter")  # as in training (e.g. tab-separated .csv files)
+    table = read_table(
+        input,
+        delimiter=delimiter,
+        quoting=not (no_quoting if no_quoting is not None else saved.get("no_quoting", False)),
+        header=not (no_header if no_header is not None else saved.get("no_header", False)),
+        encoding=encoding,
+    )
+    texts = table.column(text_column)
+    pairs = table.column(text_pair_column) if text_pair_column else None
+    logits, truncated = clf.logits(texts, pairs, batch_size=batch_size, progress=progress)
+    records = table.records()
+    columns = list(table.columns)
+    if clf.regression:
+        name = _free_name("score", columns)
+        for rec, value in zip(records, logits[:, 0], strict=True):
+            rec[name] = round(float(value), 6)
+        added = [name]
+    else:
+        from bertcli.tasks.classification import softmax
+
+        probs = softmax(logits) if len(records) else logits
+        label_col = _free_name("label", columns)
+        prob_cols = [_free_name(f"prob_{clf.id2label[i]}", columns) for i in range(probs.shape[1])]
+        best = probs.argmax(1) if len(records) else []
+        for rec, p, k in zip(records, probs, best, strict=True):
+            rec[label_col] = clf.id2label[int(k)]
+            for col, value in zip(prob_cols, p, strict=True):
+                rec[col] = round(float(value), 6)
+        added = [label_col, *prob_cols]
+    return Predictions(columns + added, records, added, truncated, clf.regression)

@@ -1,0 +1,478 @@
+"""Sequence classification and regression on CSV/TSV/JSONL tables (single texts or pairs).
+
+The task supplies the training loop (``bertcli.train.fit``) with a model (encoder + pooler +
+linear head), length-grouped batches of pre-tokenized examples, the loss (cross-entropy with
+optional class weights, or mean squared error), dev metrics, and the checkpoint payload
+(``id2label``/``label2id``/``problem_type`` in ``config.json`` so transformers
+``BertForSequenceClassification`` loads it; the training columns in the ``bertcli`` block so
+``predict`` knows which columns to read).
+
+``finetune(FinetuneOptions(...))`` is the library entry point behind ``bertcli finetune``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertcli.config import check_options
+from bertcli.errors import CheckpointError, ConfigError, DataError
+from bertcli.metrics import classification_metrics, regression_metrics
+from bertcli.train import Task
+
+TASKS = ("classification", "regression")
+METRICS = {
+    "classification": ("accuracy", "macro_f1", "mcc", "loss"),
+    "regression": ("spearman", "pearson", "mse", "loss"),
+}
+LOWER_IS_BETTER = ("loss", "mse")
+GROUP_FACTOR = 50  # length grouping: sort within windows of 50 batches, then shuffle the batches
+
+
+# ============================================================ options
+@dataclass
+class FinetuneOptions:
+    """Options of ``bertcli finetune``; the YAML keys of ``--config`` are these names."""
+
+    model: str = ""
+    task: str = "classification"
+    train: str = ""
+    dev: str | None = None
+    test: str | None = None
+    text_column: str = ""
+    text_pair_column: str | None = None
+    label_column: str = ""
+    out: str = ""
+    epochs: int = 3
+    lr: float = 2e-5
+    batch_size: int = 32
+    max_length: int = 128
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    patience: int | None = None
+    class_weights: str = "none"
+    seed: int = 0
+    metric: str | None = None
+    delimiter: str | None = None
+    no_quoting: bool = False
+    no_header: bool = False
+    encoding: str = "utf-8"
+    device: str = "auto"
+    precision: str = "auto"
+    quiet: bool = False
+    resume: str | None = None
+    skip_nonfinite: int = 0
+    auto_batch_size: bool = False
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    def validate(self) -> None:
+        """Required options present and every value in range (names the option)."""
+        for name in ("model", "train", "text_column", "label_column", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} is required (on the command line or in --config)")
+        if self.task not in TASKS:
+            raise ConfigError(f"--task '{self.task}': valid values: {', '.join(TASKS)}")
+        if self.class_weights not in ("auto", "none"):
+            raise ConfigError(f"--class-weights '{self.class_weights}': valid values: auto, none")
+        if self.class_weights == "auto" and self.task == "regression":
+            raise ConfigError("--class-weights auto applies to classification only")
+        metric = self.best_metric
+        if metric not in METRICS[self.task]:
+            raise ConfigError(f"--metric '{metric}' for {self.task}: valid values: {', '.join(METRICS[self.task])}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.warmup < 0 or self.weight_decay < 0:
+            raise ConfigError("--warmup and --weight-decay must not be negative")
+        if self.skip_nonfinite < 0:
+            raise ConfigError(f"--skip-nonfinite must be zero or positive, got {self.skip_nonfinite}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"--patience must be at least 1, got {self.patience}")
+        if self.patience is not None and not self.dev:
+            raise ConfigError("--patience needs --dev (early stopping watches the dev metric)")
+
+    @property
+    def best_metric(self) -> str:
+        return self.metric or ("accuracy" if self.task == "classification" else "spearman")
+
+
+def options_from_yaml(path: str) -> FinetuneOptions:
+    """Options from a ``--config`` YAML file (keys: the option names, ``-`` or ``_``); unknown keys named."""
+    from bertcli.config import load_yaml, options_from_dict
+
+    data = {str(k).replace("-", "_"): v for k, v in load_yaml(path).items()}
+    for key in ("lr", "warmup", "weight_decay"):  # YAML 1.1 reads 2e-5 (no dot) as a string
+        if isinstance(data.get(key), str):
+            try:
+                data[key] = float(data[key])
+            except ValueError:
+                pass
+    return options_from_dict(FinetuneOptions, data, str(path))
+
+
+# ============================================================ data
+@dataclass
+class Split:
+    """One tokenized file: token ids, segment ids, labels (class ids or floats) and source lines."""
+
+    name: str
+    path: str
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+    labels: np.ndarray | None
+    lines: list[int]
+    truncated: int = 0
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        self.lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def label_sort_key(labels: list[str]):
+    """Numeric labels sort by value (``2`` before ``10``), others as strings."""
+    try:
+        values = {lab: float(lab) for lab in labels}
+        return lambda lab: (values[lab], lab)
+    except ValueError:
+        return lambda lab: lab
+
+
+def build_label_map(labels: list[str]) -> dict[str, int]:
+    """Sorted, deterministic label -> id map of the training labels."""
+    unique = sorted(set(labels), key=label_sort_key(list(set(labels))))
+    return {lab: i for i, lab in enumerate(unique)}
+
+
+def read_split(name: str, path: str, opts: FinetuneOptions, *, labelled: bool = True):
+    """(texts, pairs or None, raw labels or None, lines) of one file, with located errors."""
+    from bertcli.data.tables import read_table
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file (--{name})")
+    table = read_table(path, delimiter=opts.delimiter, quoting=not opts.no_quoting,
+                       header=not opts.no_header, encoding=opts.encoding)
+    if len(table) == 0:
+        raise DataError(f"{path}: no data rows (--{name})")
+    texts = table.column(opts.text_column)
+    pairs = table.column(opts.text_pair_column) if opts.text_pair_column else None
+    labels = None
+    if labelled:
+        labels = [v.strip() for v in table.column(opts.label_column, allow_empty=False)]
+    return texts, pairs, labels, table.lines
+
+
+def encode_labels(raw: list[str], lines: list[int], path: str, task: str,
+                  label2id: dict[str, int] | None, train_path: str = "") -> np.ndarray:
+    if task == "regression":
+        out = np.empty(len(raw), dtype=np.float32)
+        for i, (value, line) in enumerate(zip(raw, lines, strict=True)):
+            try:
+                out[i] = float(value)
+            except ValueError:
+                raise DataError(
+                    f"{path}, line {line}: label '{value}' is not a number; --task regression needs numeric labels"
+                ) from None
+            if not math.isfinite(out[i]):
+                raise DataError(f"{path}, line {line}: label '{value}' is not a finite number")
+        return out
+    assert label2id is not None
+    out = np.empty(len(raw), dtype=np.int64)
+    for i, (value, line) in enumerate(zip(raw, lines, strict=True)):
+        idx = label2id.get(value)
+        if idx is None:
+            known = ", ".join(repr(k) for k in list(label2id)[:20])
+            raise DataError(
+                f"{path}, line {line}: label '{value}' never occurs in the training file {train_path} "
+                f"(training labels: {known}); fix the label or add training examples for it"
+            )
+        out[i] = idx
+    return out
+
+
+# ============================================================ batching
+def pad(ids: list[list[int]], type_ids: list[list[int]], pad_id: int):
+    """Right-padded (input_ids, attention_mask, token_type_ids) int64 tensors."""
+    import torch
+
+    n, T = len(ids), max((len(x) for x in ids), default=0)
+    arr = np.full((n, T), pad_id, dtype=np.int64)
+    types = np.zeros((n, T), dtype=np.int64)
+    mask = np.zeros((n, T), dtype=np.int64)
+    for i, (row, trow) in enumerate(zip(ids, type_ids, strict=True)):
+        arr[i, : len(row)] = row
+        types[i, : len(row)] = trow
+        mask[i, : len(row)] = 1
+    return torch.from_numpy(arr), torch.from_numpy(mask), torch.from_numpy(types)
+
+
+def length_grouped_order(lengths: np.ndarray, batch_size: int, generator) -> list[np.ndarray]:
+    """Shuffled batches of similar-length examples (little padding, still random).
+
+    A random permutation is cut into windows of ``GROUP_FACTOR`` batches; each window is sorted by
+    length and cut into batches; the batches are shuffled. Deterministic for a generator state.
+    """
+    import torch
+
+    n = len(lengths)
+    perm = torch.randperm(n, generator=generator).numpy()
+    window = batch_size * GROUP_FACTOR
+    batches: list[np.ndarray] = []
+    for start in range(0, n, window):
+        chunk = perm[start:start + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Evaluation order: longest first, in batches of ``batch_size``."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def batched_logits(model, ids: list[list[int]], type_ids: list[list[int]], *, pad_id: int, batch_size: int,
+                   device, precision: str = "fp32", progress=None) -> np.ndarray:
+    """Logits (N, num_labels) float32 for pre-tokenized inputs, in the input order.
+
+    ``progress(n, total)`` is called after each batch of ``n`` inputs.
+    """
+    import torch
+
+    from bertcli.device import autocast
+
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    out: np.ndarray | None = None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast(device, precision):
+            for idx in sorted_batches(lengths, batch_size):
+                x, m, t = pad([ids[i] for i in idx], [type_ids[i] for i in idx], pad_id)
+                logits = model(x.to(device), m.to(device), t.to(device)).float().cpu().numpy()
+                if out is None:
+                    out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
+                out[idx] = logits
+                if progress is not None:
+                    progress(len(idx), len(ids))
+    finally:
+        model.train(was_training)
+    return out if out is not None else np.zeros((0, 1), dtype=np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# ============================================================ the task
+class SequenceClassificationTask(Task):
+    """Classification (cross-entropy) or regression (MSE) on the pooled [CLS] vector."""
+
+    def __init__(self, opts: FinetuneOptions):
+        from bertcli.checkpoint import load_checkpoint, load_tokenizer
+        from bertcli.tokenizer import check_max_length
+
+        opts.validate()
+        self.opts = opts
+        self.name = opts.task
+        self.regression = opts.task == "regression"
+        self.checkpoint = load_checkpoint(opts.model)
+        self.config = self.checkpoint.config
+        # Mismatches are caught here, before any forward pass.
+        self.tokenizer = load_tokenizer(self.checkpoint.path, self.config.vocab_size)
+        self.max_length = check_max_length(opts.max_length, self.config.max_positions)
+        self.precision = "fp32"  # evaluation precision; finetune() sets the resolved one
+        self.run_config = {"finetune": dataclasses.asdict(opts)}
+
+        texts, pairs, raw, lines = read_split("train", opts.train, opts)
+        if self.regression:
+            self.label2id: dict[str, int] = {"LABEL_0": 0}
+            self.num_labels = 1
+        else:
+            self.label2id = build_label_map(raw)
+            self.num_labels = len(self.label2id)
+            if self.num_labels < 2:
+                only = next(iter(self.label2id))
+                raise DataError(
+                    f"{opts.train}: every training label is '{only}'; classification needs at least two labels"
+                )
+        self.id2label = {i: lab for lab, i in self.label2id.items()}
+        self.train_split = self._encode("train", opts.train, texts, pairs, raw, lines)
+        self.dev_split = self._load("dev", opts.dev) if opts.dev else None
+        self.test_split = self._load("test", opts.test) if opts.test else None
+        self.class_weight = None
+        if opts.class_weights == "auto":
+            counts = np.bincount(self.train_split.labels, minlength=self.num_labels).astype(np.float64)
+            self.class_weight = (counts.sum() / (self.num_labels * np.maximum(counts, 1))).astype(np.float32)
+
+    # ------------------------------------------------------------ data
+    def _load(self, name: str, path: str) -> Split:
+        texts, pairs, raw, lines = read_split(name, path, self.opts)
+        return self._encode(name, path, texts, pairs, raw, lines)
+
+    def _encode(self, name, path, texts, pairs, raw, lines) -> Split:
+        labels = encode_labels(raw, lines, path, self.opts.task, self.label2id, self.opts.train)
+        ids, type_ids, truncated = self.tokenizer.encode_ids(texts, pairs, max_length=self.max_length)
+        return Split(name, path, ids, type_ids, labels, lines, truncated)
+
+    @property
+    def truncated(self) -> dict[str, int]:
+        return {s.name: s.truncated for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
+
+    # ------------------------------------------------------------ Task interface
+    def build_model(self):
+        from bertcli.checkpoint import load_into
+        from bertcli.heads import BertForSequenceClassification
+
+        model = BertForSequenceClassification(self.config, self.num_labels)
+        state = dict(self.checkpoint.state)
+        head = state.get("classifier.weight")
+        old = self.checkpoint.id2label or {}
+        same_labels = head is not None and head.shape[0] == self.num_labels and (
+            self.regression or [old.get(i) for i in range(self.num_labels)] == [self.id2label[i] for i in
+                                                                               range(self.num_labels)])
+        if head is not None and not same_labels:
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}  # a new head
+        load_into(model, state, str(self.checkpoint.path), allow_missing=("classifier.", "bert.pooler."))
+        return model
+
+    def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
+        import torch
+
+        split = self.train_split
+        groups = length_grouped_order(split.lengths, batch_size, generator)
+        if world_size > 1:
+            groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
+        out = []
+        for idx in groups:
+            x, m, t = pad([split.ids[i] for i in idx], [split.type_ids[i] for i in idx], self.tokenizer.pad_id)
+            out.append({"input_ids": x, "attention_mask": m, "token_type_ids": t,
+                        "labels": torch.from_numpy(split.labels[idx])})
+        return out
+
+    def compute_loss(self, model, batch, generator, device):
+        import torch.nn.functional as F
+
+        tokens = int(batch["attention_mask"].sum())
+        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float()
+        if self.regression:
+            loss = F.mse_loss(logits.squeeze(-1), b["labels"].float())
+        else:
+            weight = None
+            if self.class_weight is not None:
+                import torch
+
+                weight = torch.from_numpy(self.class_weight).to(device)
+            loss = F.cross_entropy(logits, b["labels"], weight=weight)
+        return loss, {"tokens": tokens}
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        if self.dev_split is None:
+            return {}
+        return self.evaluate_split(model, self.dev_split, device)
+
+    def evaluate_split(self, model, split: Split, device) -> dict[str, float]:
+        logits = batched_logits(model, split.ids, split.type_ids, pad_id=self.tokenizer.pad_id,
+                                batch_size=max(self.opts.batch_size * 2, 8), device=device,
+                                precision=self.precision)
+        if self.regression:
+            preds = logits[:, 0].astype(np.float64)
+            metrics = regression_metrics(split.labels, preds)
+            metrics["loss"] = metrics["mse"]
+            return metrics
+        metrics = classification_metrics(split.labels, logits.argmax(1), self.num_labels)
+        z = logits - logits.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        metrics["loss"] = float(-logp[np.arange(len(split)), split.labels].mean())
+        return metrics
+
+    def checkpoint_payload(self, model) -> dict:
+        model = getattr(model, "module", model)  # DDP
+        labels = {str(i): lab for i, lab in self.id2label.items()}
+        hf_extra = {
+            "id2label": labels,
+            "label2id": {lab: i for i, lab in self.id2label.items()},
+            "problem_type": "regression" if self.regression else "single_label_classification",
+        }
+        bertcli = {
+            "text_column": self.opts.text_column,
+            "text_pair_column": self.opts.text_pair_column,
+            "label_column": self.opts.label_column,
+            "max_length": self.max_length,
+            "delimiter": self.opts.delimiter,
+            "no_quoting": self.opts.no_quoting,
+            "no_header": self.opts.no_header,
+        }
+        return {"state": model.state_dict(), "config": self.config, "tokenizer": self.tokenizer,
+                "task": self.name, "hf_extra": hf_extra, "bertcli": bertcli}
+
+
+# ============================================================ entry point
+def train_args(opts: FinetuneOptions):
+    from bertcli.train import TrainArgs
+
+    metric = opts.best_metric if opts.dev else None
+    return TrainArgs(
+        out=opts.out, epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+        weight_decay=opts.weight_decay, warmup=opts.warmup, precision=opts.precision, device=opts.device,
+        seed=opts.seed, eval_every=0, best_metric=metric, greater_is_better=metric not in LOWER_IS_BETTER,
+        patience=opts.patience, quiet=opts.quiet, resume=opts.resume,
+        skip_nonfinite=opts.skip_nonfinite, auto_batch_size=opts.auto_batch_size,
+    )
+
+
+def finetune(opts: FinetuneOptions) -> dict[str, Any]:
+    """Fine-tune ``opts.model`` and return the loop's summary plus test metrics and truncation counts.
+
+    ``opts.out`` ends up a checkpoint of the best model by the dev metric (the final one without
+    ``--dev``); ``metrics.jsonl`` gets one more line with the test metrics when ``--test`` is given.
+    """
+    from bertcli.device import resolve_device, resolve_precision
+    from bertcli.train import fit
+
+    task = SequenceClassificationTask(opts)
+    device = resolve_device(opts.device)
+    task.precision = resolve_precision(opts.precision, device)
+    summary = dict(fit(task, train_args(opts)) or {})
+    summary["truncated"] = task.truncated
+    summary["max_length"] = task.max_length
+    summary["examples"] = {s: n for s, n in (("train", len(task.train_split)),
+                                            ("dev", len(task.dev_split) if task.dev_split else 0),
+                                            ("test", len(task.test_split) if task.test_split else 0)) if n}
+    if task.test_split is not None and int(os.environ.get("RANK", "0")) == 0:
+        summary["test"] = evaluate_checkpoint(task, opts.out, device)
+        with open(Path(opts.out) / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": summary.get("steps", 0), "test": summary["test"]}) + "\n")
+    return summary
+
+
+def evaluate_checkpoint(task: SequenceClassificationTask, path: str, device) -> dict[str, float]:
+    """Metrics of the saved checkpoint at ``path`` on the task's test split."""
+    from bertcli.checkpoint import load_checkpoint, load_into
+    from bertcli.heads import BertForSequenceClassification
+
+    ckpt = load_checkpoint(path)
+    head = ckpt.state.get("classifier.weight")
+    if head is None or head.shape[0] != task.num_labels:
+        raise CheckpointError(f"{path}: no classifier head with {task.num_labels} outputs after training")
+    model = BertForSequenceClassification(ckpt.config, task.num_labels)
+    load_into(model, ckpt.state, str(path))
+    model.to(device)
+    return task.evaluate_split(model, task.test_split, device)

@@ -1,0 +1,329 @@
+"""The pretraining task (MLM + NSP, or MLM alone) for the shared loop, and ``pretrain()``.
+
+Options come in groups (``DataOptions``, ``MaskingOptions``, ``TrainArgs``) that a YAML file
+(``model:``, ``data:``, ``masking:``, ``train:``) and CLI flags fill; flags win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertcli.config import BertConfig, check_options, load_yaml, merge_options, options_from_dict
+from bertcli.data.corpus import DOCUMENT_MODES, OBJECTIVES
+from bertcli.errors import ConfigError, TokenizerError
+from bertcli.train import Task, TrainArgs
+
+YAML_SECTIONS = ("model", "data", "masking", "train")
+
+
+@dataclass
+class DataOptions:
+    objective: str = "mlm+nsp"         # mlm+nsp | mlm
+    max_seq_length: int = 128
+    short_seq_prob: float = 0.1
+    eval_fraction: float = 0.02        # share of documents held out for evaluation
+    max_eval_examples: int = 2000
+    documents: str = "blank-line"      # blank-line | file
+    encoding: str = "utf-8"
+    encoding_errors: str = "strict"
+    cache_dir: str | None = None       # default: OUT/cache
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"data option 'objective' is '{self.objective}'; valid: {', '.join(OBJECTIVES)}")
+        if self.documents not in DOCUMENT_MODES:
+            raise ConfigError(f"data option 'documents' is '{self.documents}'; valid: {', '.join(DOCUMENT_MODES)}")
+        if self.max_seq_length < 8:
+            raise ConfigError(f"data option 'max_seq_length' must be at least 8, got {self.max_seq_length}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ConfigError(f"data option 'short_seq_prob' must be in [0, 1], got {self.short_seq_prob}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data option 'eval_fraction' must be in [0, 1), got {self.eval_fraction}")
+        if self.max_eval_examples < 1:
+            raise ConfigError(f"data option 'max_eval_examples' must be at least 1, got {self.max_eval_examples}")
+
+
+@dataclass
+class MaskingOptions:
+    mask_prob: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    whole_word: bool = False
+
+    def __post_init__(self) -> None:
+        from bertcli.masking import check_probabilities
+
+        check_options(self)
+        check_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
+
+
+@dataclass
+class PretrainConfig:
+    """Everything ``pretrain`` needs besides the corpus and the output directory."""
+
+    model: dict[str, Any] = field(default_factory=dict)   # BertConfig fields (and 'preset')
+    data: DataOptions = field(default_factory=DataOptions)
+    masking: MaskingOptions = field(default_factory=MaskingOptions)
+    train: dict[str, Any] = field(default_factory=dict)   # TrainArgs fields (without out)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PretrainConfig:
+        raw = load_yaml(path)
+        unknown = [k for k in raw if k not in YAML_SECTIONS]
+        if unknown:
+            raise ConfigError(f"{path}: unknown section '{unknown[0]}'; valid sections: {', '.join(YAML_SECTIONS)}")
+        for key in YAML_SECTIONS:
+            if raw.get(key) is not None and not isinstance(raw[key], dict):
+                raise ConfigError(f"{path}: section '{key}' must be a mapping")
+        model = dict(raw.get("model") or {})
+        BertConfig.from_dict({"vocab_size": 100, **model}, source=f"{path}: model")  # validate early
+        train = dict(raw.get("train") or {})
+        if "out" in train:
+            raise ConfigError(f"{path}: train.out is not a config key; give --out on the command line")
+        options_from_dict(TrainArgs, {"out": "-", **train}, f"{path}: train")  # validate early
+        return cls(
+            model=model,
+            data=options_from_dict(DataOptions, dict(raw.get("data") or {}), f"{path}: data"),
+            masking=options_from_dict(MaskingOptions, dict(raw.get("masking") or {}), f"{path}: masking"),
+            train=train,
+        )
+
+
+PRETRAIN_DEFAULTS = {"lr": 1e-4, "batch_size": 32, "warmup": 0.06, "max_grad_norm": 1.0, "weight_decay": 0.01,
+                     "eval_every": 500, "save_every": 0, "log_every": 10}
+
+
+def resolve_train_args(out: str, config: PretrainConfig, overrides: dict[str, Any]) -> TrainArgs:
+    values = {**PRETRAIN_DEFAULTS, **config.train}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return options_from_dict(TrainArgs, {"out": out, **values}, "training options")
+
+
+class PretrainingTask(Task):
+    name = "pretraining"
+
+    def __init__(self, corpus_paths: list[str], tokenizer, model_config: BertConfig, data: DataOptions,
+                 masking: MaskingOptions, cache_dir: str | Path, init_state: dict | None = None,
+                 init_source: str | None = None, log=None):
+        import torch
+
+        from bertcli.data import corpus as C
+        from bertcli.masking import continuation_table
+        from bertcli.tokenizer import check_max_length
+
+        self.tok, self.config, self.data, self.masking = tokenizer, model_config, data, masking
+        self.init_state, self.init_source = init_state, init_source
+        check_max_length(data.max_seq_length, model_config.max_positions, "--max-seq-length")
+        if tokenizer.vocab_size > model_config.vocab_size:
+            raise TokenizerError(
+                f"the tokenizer has {tokenizer.vocab_size} tokens but the model has {model_config.vocab_size} "
+                f"embedding rows; use the model's tokenizer or a config with vocab_size >= {tokenizer.vocab_size}"
+            )
+        self.corpus = C.load_corpus(corpus_paths, tokenizer, cache_dir, documents=data.documents,
+                                    encoding=data.encoding, errors=data.encoding_errors, log=log)
+        self.train_docs, self.eval_docs = C.split_heldout(self.corpus.num_docs, data.eval_fraction)
+        where = ", ".join(str(p) for p in corpus_paths)
+        if self.data.objective == "mlm+nsp":
+            C.check_nsp_possible(self.corpus, self.train_docs, where)
+        self.nsp = data.objective == "mlm+nsp"
+        self.whole_word = continuation_table(tokenizer) if masking.whole_word else None
+        self.special_ids = sorted(tokenizer.special_ids)
+        self._epoch_cache: tuple[int, int, list] | None = None
+        self._eval_batches: list | None = None
+        self.summary = C.corpus_summary(self.corpus, self.train_docs, self.eval_docs)
+        self._torch = torch
+
+    # ---------------------------------------------------------- examples
+    def _examples(self, doc_ids, seed: int) -> list:
+        from bertcli.data import corpus as C
+
+        if self.nsp:
+            return C.nsp_examples(self.corpus, doc_ids, self.data.max_seq_length, self.data.short_seq_prob,
+                                  seed, self.tok.cls_id, self.tok.sep_id)
+        return C.packed_examples(self.corpus, doc_ids, self.data.max_seq_length, self.tok.cls_id, self.tok.sep_id)
+
+    def _collate(self, examples) -> dict:
+        torch = self._torch
+        T = max(len(e.ids) for e in examples)
+        n = len(examples)
+        ids = torch.full((n, T), self.tok.pad_id, dtype=torch.long)
+        types = torch.zeros((n, T), dtype=torch.long)
+        att = torch.zeros((n, T), dtype=torch.long)
+        for i, e in enumerate(examples):
+            L = len(e.ids)
+            ids[i, :L] = torch.from_numpy(e.ids.astype("int64"))
+            types[i, :L] = torch.from_numpy(e.type_ids.astype("int64"))
+            att[i, :L] = 1
+        batch = {"input_ids": ids, "attention_mask": att, "token_type_ids": types}
+        if self.nsp:
+            batch["nsp_labels"] = torch.tensor([e.nsp for e in examples], dtype=torch.long)
+        return batch
+
+    def train_examples(self, epoch: int, seed: int) -> list:
+        return self._examples(self.train_docs, seed)
+
+    # ---------------------------------------------------------- Task
+    def build_model(self):
+        from bertcli.checkpoint import load_into
+        from bertcli.heads import BertForPreTraining
+
+        model = BertForPreTraining(self.config, nsp=self.nsp)
+        if self.init_state is not None:
+            load_into(model, self.init_state, self.init_source or "--init-from",
+                      allow_missing=("mlm.", "nsp.", "bert.pooler."))
+        return model
+
+    def train_batches(self, epoch, generator, batch_size, rank, world_size):
+        torch = self._torch
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        examples = self.train_examples(epoch, seed)
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        glob = batch_size * world_size
+        n_batches = len(order) // glob
+        if n_batches == 0:
+            if world_size > 1 or not order:
+                from bertcli.errors import DataError
+
+                raise DataError(
+                    f"the corpus gives {len(order)} training examples, fewer than one global batch of {glob}; "
+                    f"use a smaller --batch-size or a larger corpus"
+                )
+            n_batches, glob = 1, len(order)
+            batch_size = len(order)
+        out = []
+        for b in range(n_batches):
+            idx = order[b * glob + rank * batch_size: b * glob + (rank + 1) * batch_size]
+            out.append(self._collate([examples[i] for i in idx]))
+        return out
+
+    def _mask(self, input_ids, generator):
+        from bertcli.masking import mask_tokens
+
+        m = self.masking
+        return mask_tokens(input_ids, generator=generator, mask_id=self.tok.mask_id, special_ids=self.special_ids,
+                           vocab_size=self.config.vocab_size, mask_prob=m.mask_prob,
+                           mask_replace_prob=m.mask_replace_prob, random_replace_prob=m.random_replace_prob,
+                           whole_word=self.whole_word)
+
+    def _forward(self, model, batch, generator, device):
+        torch = self._torch
+        F = torch.nn.functional
+        inputs, labels = self._mask(batch["input_ids"], generator)
+        positions = labels != -100
+        mlm_logits, nsp_logits = model(inputs.to(device), batch["attention_mask"].to(device),
+                                       batch["token_type_ids"].to(device), mlm_positions=positions.to(device))
+        targets = labels[positions].to(device)
+        if targets.numel():
+            mlm_loss = F.cross_entropy(mlm_logits.float(), targets)
+        else:
+            mlm_loss = mlm_logits.float().sum() * 0.0
+        nsp_loss = None
+        if self.nsp:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"].to(device))
+        return mlm_logits, nsp_logits, targets, mlm_loss, nsp_loss
+
+    def compute_loss(self, model, batch, generator, device):
+        _, _, targets, mlm_loss, nsp_loss = self._forward(model, batch, generator, device)
+        loss = mlm_loss + nsp_loss if nsp_loss is not None else mlm_loss
+        logs = {"tokens": int(batch["attention_mask"].sum()), "masked": int(targets.numel())}
+        return loss, logs
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        torch = self._torch
+        from bertcli.train import make_generator
+
+        if len(self.eval_docs) == 0:
+            return {}
+        if self._eval_batches is None:
+            examples = self._examples(self.eval_docs, seed=12345)[: self.data.max_eval_examples]
+            self._eval_batches = [self._collate(examples[i:i + 64]) for i in range(0, len(examples), 64)]
+        gen = make_generator("eval-masks")  # the same masks at every evaluation
+        loss_sum, n_tok, correct, nsp_correct, n_pairs = 0.0, 0, 0, 0, 0
+        for batch in self._eval_batches:
+            mlm_logits, nsp_logits, targets, _, _ = self._forward(model, batch, gen, device)
+            if targets.numel():
+                loss_sum += float(torch.nn.functional.cross_entropy(mlm_logits.float(), targets, reduction="sum"))
+                correct += int((mlm_logits.argmax(-1) == targets).sum())
+                n_tok += targets.numel()
+            if self.nsp:
+                nsp_correct += int((nsp_logits.argmax(-1).cpu() == batch["nsp_labels"]).sum())
+                n_pairs += len(batch["nsp_labels"])
+        if n_tok == 0:
+            return {}
+        mlm_loss = loss_sum / n_tok
+        out = {"mlm_loss": mlm_loss, "mlm_accuracy": correct / n_tok, "perplexity": math.exp(min(mlm_loss, 50.0))}
+        if self.nsp and n_pairs:
+            out["nsp_accuracy"] = nsp_correct / n_pairs
+        return out
+
+    def checkpoint_payload(self, model) -> dict:
+        return {"state": model.state_dict(), "config": self.config, "tokenizer": self.tok, "task": "pretraining",
+                "bertcli": {"objective": self.data.objective, "max_seq_length": self.data.max_seq_length}}
+
+
+# ============================================================ library entry point
+def build_pretraining(corpus: list[str], out: str, *, tokenizer: str | None = None, preset: str | None = None,
+                      config: PretrainConfig | None = None, init_from: str | None = None,
+                      data_overrides: dict | None = None, masking_overrides: dict | None = None,
+                      train_overrides: dict | None = None, log=None) -> tuple[PretrainingTask, TrainArgs]:
+    """Resolve options, load the tokenizer / init weights and the corpus; return (task, args)."""
+    from bertcli.checkpoint import load_checkpoint
+    from bertcli.tokenizer import Tokenizer
+
+    config = config or PretrainConfig()
+    data = merge_options(config.data, data_overrides or {})
+    masking = merge_options(config.masking, masking_overrides or {})
+    args = resolve_train_args(out, config, train_overrides or {})
+
+    init_state = None
+    if init_from is not None:
+        ckpt = load_checkpoint(init_from)
+        if preset is not None or config.model:
+            raise ConfigError("--init-from takes the model shape from the checkpoint; drop --preset / the model: section")
+        model_cfg = ckpt.config
+        init_state = ckpt.state
+        tok_dir = tokenizer or init_from
+        tok = Tokenizer.load(tok_dir)
+        if tok.vocab_size != model_cfg.vocab_size:
+            raise TokenizerError(
+                f"{tok_dir}: the tokenizer has {tok.vocab_size} tokens but {init_from} has {model_cfg.vocab_size} "
+                f"embedding rows; continue pretraining with the checkpoint's own tokenizer (omit --tokenizer)"
+            )
+    else:
+        if tokenizer is None:
+            raise ConfigError("pretraining from scratch needs --tokenizer DIR (a train-vocab output or a checkpoint)")
+        tok = Tokenizer.load(tokenizer)
+        model = dict(config.model)
+        if preset is not None:
+            model = {k: v for k, v in model.items() if k == "preset" or k not in ("hidden_size", "num_layers",
+                                                                               "num_heads", "intermediate_size")}
+            model["preset"] = preset
+        elif "preset" not in model and not any(k in model for k in ("hidden_size", "num_hidden_layers", "num_layers")):
+            model["preset"] = "mini"
+        model.setdefault("vocab_size", tok.vocab_size)
+        model.setdefault("pad_token_id", tok.pad_id)
+        model_cfg = BertConfig.from_dict(model, source="model config")
+    cache_dir = data.cache_dir or str(Path(out) / "cache")
+    task = PretrainingTask(corpus, tok, model_cfg, data, masking, cache_dir, init_state=init_state,
+                           init_source=init_from, log=log)
+    task.run_config = {
+        "corpus": [str(c) for c in corpus], "tokenizer": tokenizer, "init_from": init_from,
+        "model": model_cfg.to_dict(), "data": dataclasses.asdict(data), "masking": dataclasses.asdict(masking),
+        "corpus_summary": task.summary,
+    }
+    return task, args
+
+
+def pretrain(corpus: list[str], out: str, **kwargs) -> dict:
+    """Pretrain a BERT on ``corpus`` into ``out`` (see :func:`build_pretraining` for the options)."""
+    from bertcli.train import fit
+
+    task, args = build_pretraining(corpus, out, **kwargs)
+    summary = fit(task, args)
+    summary["corpus"] = task.summary
+    return summary
