@@ -1,4 +1,4 @@
-"""bertcli finetune: classification, sentence pairs and regression on CSV/TSV/JSONL."""
+"""bertcli finetune: classification, sentence pairs, regression, NER, extractive QA and sentence embeddings."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ EPILOG = """[bold]Examples[/]
 @cli_command
 def command(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint to start from (bertcli's or Hugging Face's).", show_default=False)] = None,
-    task: Annotated[str | None, typer.Option("--task", help="classification | regression (default: classification)", show_default=False)] = None,
+    task: Annotated[str | None, typer.Option("--task", help="classification | regression | token-classification | question-answering | sentence-embedding (default: classification)", show_default=False)] = None,
     train: Annotated[str | None, typer.Option("--train", help="Training file (.csv, .tsv, .jsonl).", show_default=False)] = None,
     dev: Annotated[str | None, typer.Option("--dev", help="Dev file: evaluated each epoch; picks the best model.", show_default=False)] = None,
     test: Annotated[str | None, typer.Option("--test", help="Test file: evaluated once with the best model.", show_default=False)] = None,
@@ -54,11 +54,20 @@ def command(
     resume: Annotated[str | None, typer.Option("--resume", help="auto (latest checkpoint in --out) or a checkpoint directory.", show_default=False)] = None,
     skip_nonfinite: Annotated[int | None, typer.Option("--skip-nonfinite", help="Skip up to N steps whose loss or gradient is not finite, then stop. (default: 0)", show_default=False)] = None,
     auto_batch_size: Annotated[bool | None, typer.Option("--auto-batch-size", help="On out-of-memory, split batches into smaller micro-batches (same effective batch); kept on resume.", show_default=False)] = None,
+    doc_stride: Annotated[int | None, typer.Option("--doc-stride", help="QA: tokens shared by consecutive windows of a long context. (default: 128)", show_default=False, rich_help_panel="Question answering")] = None,
+    max_query_length: Annotated[int | None, typer.Option("--max-query-length", help="QA: question tokens kept. (default: 64)", show_default=False, rich_help_panel="Question answering")] = None,
+    max_answer_length: Annotated[int | None, typer.Option("--max-answer-length", help="QA: longest answer in tokens. (default: 30)", show_default=False, rich_help_panel="Question answering")] = None,
+    n_best: Annotated[int | None, typer.Option("--n-best", help="QA: start and end candidates searched per window. (default: 20)", show_default=False, rich_help_panel="Question answering")] = None,
+    null_threshold: Annotated[float | None, typer.Option("--null-threshold", help="QA (SQuAD 2.0): answer 'no answer' when the [CLS] score beats the best span by more than this. (default: 0.0)", show_default=False, rich_help_panel="Question answering")] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="Sentence embeddings: cosine (scored pairs) | mnrl (pairs, in-batch negatives) | triplet | softmax (NLI labels).", show_default=False, rich_help_panel="Sentence embeddings")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help="Sentence embeddings: mean | cls | max, saved with the model. (default: mean)", show_default=False, rich_help_panel="Sentence embeddings")] = None,
+    negative_column: Annotated[str | None, typer.Option("--negative-column", help="Sentence embeddings: column with the negative text (triplet; optional hard negatives for mnrl).", show_default=False, rich_help_panel="Sentence embeddings")] = None,
+    label_scale: Annotated[float | None, typer.Option("--label-scale", help="Sentence embeddings: divide scores by this (e.g. 5 for STS-B's 0-5 scores).", show_default=False, rich_help_panel="Sentence embeddings")] = None,
     config: Annotated[str | None, typer.Option("--config", help="YAML file of options (keys: the option names).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
-    """Fine-tune a checkpoint for text classification, sentence-pair classification or regression."""
+    """Fine-tune a checkpoint: text or pair classification, regression, NER, extractive QA, sentence embeddings."""
     from bertcli.config import merge_options
     from bertcli.tasks.classification import FinetuneOptions, finetune, options_from_yaml
 
@@ -70,6 +79,9 @@ def command(
         "metric": metric, "delimiter": delimiter, "no_quoting": no_quoting, "no_header": no_header,
         "encoding": encoding, "device": device, "precision": precision, "resume": resume,
         "skip_nonfinite": skip_nonfinite, "auto_batch_size": auto_batch_size,
+        "doc_stride": doc_stride, "max_query_length": max_query_length, "max_answer_length": max_answer_length,
+        "n_best": n_best, "null_threshold": null_threshold, "loss": loss, "pooling": pooling,
+        "negative_column": negative_column, "label_scale": label_scale,
         "quiet": True if quiet else None,
     }
     base = options_from_yaml(config) if config else FinetuneOptions()

@@ -53,9 +53,21 @@ def command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Predict labels and class probabilities (or regression scores) for each row of a table."""
+    """Predict with a fine-tuned model: labels or scores per table row, entities per text, answers per question."""
+    from bertcli.checkpoint import load_checkpoint
     from bertcli.data.tables import write_table
     from bertcli.predict import predict_table
+    from bertcli.tasks import finetune_tasks
+
+    task = load_checkpoint(model, weights=False).bertcli.get("task")
+    module = finetune_tasks().get(task or "")
+    if module is not None and callable(getattr(module, "predict_command", None)):
+        # Tasks whose output is not one row per input row (entities, answers) predict themselves.
+        module.predict_command(model=model, input=input, output=output, json_out=json_out, quiet=quiet,
+                               text_column=text_column, batch_size=batch_size, delimiter=delimiter,
+                               no_quoting=no_quoting, no_header=no_header, encoding=encoding,
+                               device=device, precision=precision)
+        return
 
     kwargs = dict(text_column=text_column, text_pair_column=text_pair_column, batch_size=batch_size,
                   device=device, precision=precision, delimiter=delimiter, no_quoting=no_quoting,

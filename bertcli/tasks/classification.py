@@ -28,11 +28,12 @@ from bertcli.metrics import classification_metrics, regression_metrics
 from bertcli.train import Task
 
 TASKS = ("classification", "regression")
-METRICS = {
+METRICS = {  # the first is the default --metric
     "classification": ("accuracy", "macro_f1", "mcc", "loss"),
     "regression": ("spearman", "pearson", "mse", "loss"),
 }
 LOWER_IS_BETTER = ("loss", "mse")
+REQUIRED = {"classification": ("text_column", "label_column"), "regression": ("text_column", "label_column")}
 GROUP_FACTOR = 50  # length grouping: sort within windows of 50 batches, then shuffle the batches
 
 
@@ -70,24 +71,34 @@ class FinetuneOptions:
     resume: str | None = None
     skip_nonfinite: int = 0
     auto_batch_size: bool = False
+    # --task question-answering
+    doc_stride: int = 128
+    max_query_length: int = 64
+    max_answer_length: int = 30
+    n_best: int = 20
+    null_threshold: float = 0.0
+    # --task sentence-embedding
+    loss: str | None = None
+    pooling: str = "mean"
+    negative_column: str | None = None
+    label_scale: float | None = None
 
     def __post_init__(self) -> None:
         check_options(self)
 
     def validate(self) -> None:
         """Required options present and every value in range (names the option)."""
-        for name in ("model", "train", "text_column", "label_column", "out"):
+        from bertcli.tasks import task_module
+
+        module = task_module(self.task)
+        for name in ("model", "train", "out", *module.REQUIRED[self.task]):
             if not getattr(self, name):
-                raise ConfigError(f"--{name.replace('_', '-')} is required (on the command line or in --config)")
-        if self.task not in TASKS:
-            raise ConfigError(f"--task '{self.task}': valid values: {', '.join(TASKS)}")
-        if self.class_weights not in ("auto", "none"):
-            raise ConfigError(f"--class-weights '{self.class_weights}': valid values: auto, none")
-        if self.class_weights == "auto" and self.task == "regression":
-            raise ConfigError("--class-weights auto applies to classification only")
+                raise ConfigError(f"--{name.replace('_', '-')} is required for --task {self.task} "
+                                  "(on the command line or in --config)")
         metric = self.best_metric
-        if metric not in METRICS[self.task]:
-            raise ConfigError(f"--metric '{metric}' for {self.task}: valid values: {', '.join(METRICS[self.task])}")
+        if metric not in module.METRICS[self.task]:
+            raise ConfigError(f"--metric '{metric}' for {self.task}: valid values: "
+                              f"{', '.join(module.METRICS[self.task])}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -101,10 +112,25 @@ class FinetuneOptions:
             raise ConfigError(f"--patience must be at least 1, got {self.patience}")
         if self.patience is not None and not self.dev:
             raise ConfigError("--patience needs --dev (early stopping watches the dev metric)")
+        if self.class_weights not in ("auto", "none"):
+            raise ConfigError(f"--class-weights '{self.class_weights}': valid values: auto, none")
+        if self.class_weights == "auto" and self.task not in ("classification", "token-classification"):
+            raise ConfigError(f"--class-weights auto does not apply to --task {self.task}")
+        check = getattr(module, "validate_options", None)
+        if check is not None:
+            check(self)
+
+    @property
+    def lower_is_better(self) -> bool:
+        from bertcli.tasks import task_module
+
+        return self.best_metric in task_module(self.task).LOWER_IS_BETTER
 
     @property
     def best_metric(self) -> str:
-        return self.metric or ("accuracy" if self.task == "classification" else "spearman")
+        from bertcli.tasks import task_module
+
+        return self.metric or task_module(self.task).METRICS[self.task][0]
 
 
 def options_from_yaml(path: str) -> FinetuneOptions:
@@ -335,6 +361,28 @@ class SequenceClassificationTask(Task):
     def truncated(self) -> dict[str, int]:
         return {s.name: s.truncated for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
 
+    @property
+    def examples(self) -> dict[str, int]:
+        return {s.name: len(s) for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_split is not None
+
+    def test_metrics(self, path: str, device) -> dict[str, float]:
+        """Metrics of the saved checkpoint at ``path`` on the test split."""
+        from bertcli.checkpoint import load_checkpoint, load_into
+        from bertcli.heads import BertForSequenceClassification
+
+        ckpt = load_checkpoint(path)
+        head = ckpt.state.get("classifier.weight")
+        if head is None or head.shape[0] != self.num_labels:
+            raise CheckpointError(f"{path}: no classifier head with {self.num_labels} outputs after training")
+        model = BertForSequenceClassification(ckpt.config, self.num_labels)
+        load_into(model, ckpt.state, str(path))
+        model.to(device)
+        return self.evaluate_split(model, self.test_split, device)
+
     # ------------------------------------------------------------ Task interface
     def build_model(self):
         from bertcli.checkpoint import load_into
@@ -425,6 +473,10 @@ class SequenceClassificationTask(Task):
 
 
 # ============================================================ entry point
+def build_task(opts: FinetuneOptions) -> SequenceClassificationTask:
+    return SequenceClassificationTask(opts)
+
+
 def train_args(opts: FinetuneOptions):
     from bertcli.train import TrainArgs
 
@@ -432,47 +484,35 @@ def train_args(opts: FinetuneOptions):
     return TrainArgs(
         out=opts.out, epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
         weight_decay=opts.weight_decay, warmup=opts.warmup, precision=opts.precision, device=opts.device,
-        seed=opts.seed, eval_every=0, best_metric=metric, greater_is_better=metric not in LOWER_IS_BETTER,
+        seed=opts.seed, eval_every=0, best_metric=metric, greater_is_better=not opts.lower_is_better,
         patience=opts.patience, quiet=opts.quiet, resume=opts.resume,
         skip_nonfinite=opts.skip_nonfinite, auto_batch_size=opts.auto_batch_size,
     )
 
 
 def finetune(opts: FinetuneOptions) -> dict[str, Any]:
-    """Fine-tune ``opts.model`` and return the loop's summary plus test metrics and truncation counts.
+    """Fine-tune ``opts.model`` for ``opts.task``; the loop's summary plus test metrics and counts.
 
-    ``opts.out`` ends up a checkpoint of the best model by the dev metric (the final one without
-    ``--dev``); ``metrics.jsonl`` gets one more line with the test metrics when ``--test`` is given.
+    Every fine-tuning task (``bertcli.tasks.finetune_tasks()``) goes through here. The task object
+    provides ``precision`` (set here), ``examples`` and ``truncated`` (split -> count),
+    ``max_length``, ``has_test`` and ``test_metrics(path, device)``. ``opts.out`` ends up a
+    checkpoint of the best model by the dev metric (the final one without ``--dev``);
+    ``metrics.jsonl`` gets one more line with the test metrics when ``--test`` is given.
     """
     from bertcli.device import resolve_device, resolve_precision
+    from bertcli.tasks import task_module
     from bertcli.train import fit
 
-    task = SequenceClassificationTask(opts)
+    opts.validate()
+    task = task_module(opts.task).build_task(opts)
     device = resolve_device(opts.device)
     task.precision = resolve_precision(opts.precision, device)
     summary = dict(fit(task, train_args(opts)) or {})
-    summary["truncated"] = task.truncated
+    summary["truncated"] = dict(task.truncated)
     summary["max_length"] = task.max_length
-    summary["examples"] = {s: n for s, n in (("train", len(task.train_split)),
-                                            ("dev", len(task.dev_split) if task.dev_split else 0),
-                                            ("test", len(task.test_split) if task.test_split else 0)) if n}
-    if task.test_split is not None and int(os.environ.get("RANK", "0")) == 0:
-        summary["test"] = evaluate_checkpoint(task, opts.out, device)
+    summary["examples"] = {k: n for k, n in task.examples.items() if n}
+    if task.has_test and int(os.environ.get("RANK", "0")) == 0:
+        summary["test"] = task.test_metrics(opts.out, device)
         with open(Path(opts.out) / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"step": summary.get("steps", 0), "test": summary["test"]}) + "\n")
     return summary
-
-
-def evaluate_checkpoint(task: SequenceClassificationTask, path: str, device) -> dict[str, float]:
-    """Metrics of the saved checkpoint at ``path`` on the task's test split."""
-    from bertcli.checkpoint import load_checkpoint, load_into
-    from bertcli.heads import BertForSequenceClassification
-
-    ckpt = load_checkpoint(path)
-    head = ckpt.state.get("classifier.weight")
-    if head is None or head.shape[0] != task.num_labels:
-        raise CheckpointError(f"{path}: no classifier head with {task.num_labels} outputs after training")
-    model = BertForSequenceClassification(ckpt.config, task.num_labels)
-    load_into(model, ckpt.state, str(path))
-    model.to(device)
-    return task.evaluate_split(model, task.test_split, device)
