@@ -727,6 +727,7 @@ def _fit(run: _Run, signals: _Signals) -> dict:  # noqa: C901 - the loop is long
             factor = lr_factor(step, total, warmup_steps, args.schedule)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
+            step_t0 = time.monotonic()
             while True:  # retried with smaller micro-batches after an out-of-memory error
                 torch.manual_seed(derive_seed(args.seed, "dropout", step, run.rank))
                 gen = make_generator(args.seed, "step", step, run.rank)
@@ -795,6 +796,7 @@ def _fit(run: _Run, signals: _Signals) -> dict:  # noqa: C901 - the loop is long
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            train_time += time.monotonic() - step_t0
             step += 1
             batch_pos += len(micro)
             tokens = step_tokens * run.world

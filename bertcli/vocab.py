@@ -150,8 +150,12 @@ def _prepare_out(out: Path, force: bool) -> None:
             raise ConfigError(f"{out}: exists and is not a directory; choose another --out")
         if not force:
             raise ConfigError(f"{out}: already exists; choose another --out or pass --force to replace it")
-    if not out.parent.is_dir():
-        raise ConfigError(f"{out.parent}: no such directory (the parent of --out)")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ConfigError(f"{out.parent}: is not a directory (the parent of --out)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{out.parent}: cannot create the parent of --out ({exc.strerror})") from None
 
 
 def train_vocab(

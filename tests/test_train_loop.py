@@ -132,6 +132,8 @@ def test_fit_layout_and_best(vocab, tmp_path):
     out = tmp_path / "run"
     s = fit(ToyTask(vocab), args(out, best_metric="loss", greater_is_better=False, keep_last=1))
     assert s["status"] == "completed" and s["steps"] == 3 * 12
+    # tokens/s is over the time spent in optimizer steps (it once divided by a time that stayed 0)
+    assert s["tokens"] > 0 and 0 < s["tokens_per_s"] < 1e10
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file() and (out / "run.yaml").is_file()
     steps = [st for st, _ in checkpoint_steps(out)]
     assert steps[-1] == 36 and s["best_step"] in steps and len(steps) <= 2

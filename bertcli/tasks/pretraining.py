@@ -95,7 +95,9 @@ class PretrainConfig:
 
 
 PRETRAIN_DEFAULTS = {"lr": 1e-4, "batch_size": 32, "warmup": 0.06, "max_grad_norm": 1.0, "weight_decay": 0.01,
-                     "eval_every": 500, "save_every": 0, "log_every": 10}
+                     "eval_every": 500, "save_every": 0, "log_every": 10,
+                     # OUT/ holds the model with the lowest held-out MLM loss (the last one without eval data)
+                     "best_metric": "mlm_loss", "greater_is_better": False}
 
 
 def resolve_train_args(out: str, config: PretrainConfig, overrides: dict[str, Any]) -> TrainArgs:
