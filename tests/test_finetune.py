@@ -10,19 +10,10 @@ import pytest
 
 from bertcli.errors import ConfigError, DataError, TokenizerError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 POS = ["a lovely film", "great acting", "i loved it", "wonderful and warm", "a brilliant plot", "superb music"]
 NEG = ["a boring film", "awful acting", "i hated it", "dull and cold", "a terrible plot", "poor music"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on the shared 2-core CI/dev machine thrash; one keeps these tests fast."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:

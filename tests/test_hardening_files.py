@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_error_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,17 +37,6 @@ from bertcli.config import BertConfig
 from bertcli.errors import BertcliError, CheckpointError
 
 TINY = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_positions=32)
-
-
-def one_error_line(result, *needles: str) -> str:
-    """A failed CLI run: exit 1, exactly one line on stderr naming ``needles``, no traceback."""
-    assert result.exit_code == 1, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 class Evil:

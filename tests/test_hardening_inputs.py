@@ -10,32 +10,15 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import one_error_line
 
 from bertcli.config import load_yaml
 from bertcli.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 POS = ["a lovely film", "great acting", "i loved it", "wonderful and warm", "a brilliant plot", "superb music"]
 NEG = ["a boring film", "awful acting", "i hated it", "dull and cold", "a terrible plot", "poor music"]
-
-
-def one_error_line(result, *needles: str) -> str:
-    assert result.exit_code == 1, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def sentiment_rows(n: int = 2) -> list[tuple[str, str]]:

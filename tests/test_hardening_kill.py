@@ -37,6 +37,8 @@ from test_hardening_training import (  # noqa: E402
     write_vocab,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs the bertcli CLI after installing test hooks; pid files let a test signal one process.
@@ -74,14 +76,6 @@ WRAPPER = textwrap.dedent('''
     sys.argv[0] = "bertcli"
     app()
 ''')
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

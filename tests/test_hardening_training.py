@@ -25,7 +25,12 @@ import torch
 from bertcli.errors import TrainingError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_tiny_model  # noqa: E402
+from conftest import (
+    make_tiny_model,  # noqa: E402
+    one_error_line,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 POS = ["a lovely film", "great acting", "i loved it", "wonderful and warm", "a brilliant plot", "superb music"]
 NEG = ["a boring film", "awful acting", "i hated it", "dull and cold", "a terrible plot", "poor music"]
@@ -82,24 +87,6 @@ def assert_all_finite(out: Path) -> None:
         for name, t in read_weights(f).items():
             if t.is_floating_point():
                 assert torch.isfinite(t).all(), (f, name)
-
-
-def one_error_line(result, *needles: str) -> str:
-    assert result.exit_code == 1, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

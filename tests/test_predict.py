@@ -11,18 +11,10 @@ import pytest
 
 from bertcli.errors import CheckpointError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 POS = ["a lovely film", "great acting", "i loved it", "wonderful and warm"]
 NEG = ["a boring film", "awful acting", "i hated it", "dull and cold"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _train(model_dir: Path, d: Path, task: str = "classification") -> Path:
