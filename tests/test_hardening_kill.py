@@ -237,15 +237,17 @@ def test_sigterm_in_finetune_saves_and_exits_143(small_model, tmp_path, wrapper)
 
     train = sentiment_csv(tmp_path / "train.csv")
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(wrapper), *finetune_cli(small_model, train, out, "--epochs", "500")],
+    proc = subprocess.Popen([sys.executable, str(wrapper), *finetune_cli(small_model, train, out, "--epochs", "2000")],
                             env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (out / "checkpoints" / "step-3").is_dir(), proc, "the first checkpoint")
+    # any complete checkpoint: on an idle machine a tiny model runs an epoch in a few milliseconds,
+    # so a particular step-N may already be rotated out when it is polled
+    wait_for(lambda: any((out / "checkpoints").glob("step-*")), proc, "the first checkpoint")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
     assert "Traceback" not in err
     step = checkpoint_steps(out)[-1][0]
-    assert 3 < step < 1500 and f"SIGTERM at step {step}: checkpoint saved" in err
+    assert 3 < step < 6000 and f"SIGTERM at step {step}: checkpoint saved" in err
     info, _ = read_trainer_state(out / "checkpoints" / f"step-{step}")
     assert info["step"] == step and info["reason"] == "signal"
     load_checkpoint(out / "checkpoints" / f"step-{step}")

@@ -18,6 +18,12 @@ EPILOG = """[bold]Examples[/]
 
   bertcli finetune --model runs/pretrained --task regression --train sts-train.csv --dev sts-dev.csv --delimiter tab --no-header --no-quoting --text-column 5 --text-pair-column 6 --label-column 4 --out runs/stsb
 
+  bertcli finetune --model runs/pretrained --task sentence-embedding --loss cosine --label-scale 5 --pooling mean --train sts-train.csv --dev sts-dev.csv --delimiter tab --no-header --no-quoting --text-column 5 --text-pair-column 6 --label-column 4 --out runs/sbert  [dim](then bertcli embed / similarity --model runs/sbert)[/]
+
+  bertcli finetune --model runs/pretrained --task token-classification --train examples/data/ner_train.conll --dev examples/data/ner_dev.conll --lr 5e-5 --out runs/ner  [dim](CoNLL token<TAB>tag files; then bertcli predict --model runs/ner texts.txt)[/]
+
+  bertcli finetune --model runs/pretrained --task question-answering --train examples/data/qa_train.json --dev examples/data/qa_dev.json --max-length 384 --doc-stride 128 --lr 5e-5 --out runs/qa  [dim](SQuAD JSON; then bertcli predict --model runs/qa questions.json / bertcli answer)[/]
+
   bertcli finetune --config finetune.yaml --epochs 5     [dim](YAML keys are the option names; the command line wins)[/]
 
   bertcli finetune --config finetune.yaml --resume auto  [dim](continue an interrupted run)[/]
@@ -28,7 +34,7 @@ EPILOG = """[bold]Examples[/]
 def command(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint to start from (bertcli's or Hugging Face's).", show_default=False)] = None,
     task: Annotated[str | None, typer.Option("--task", help="classification | regression | token-classification | question-answering | sentence-embedding (default: classification)", show_default=False)] = None,
-    train: Annotated[str | None, typer.Option("--train", help="Training file (.csv, .tsv, .jsonl).", show_default=False)] = None,
+    train: Annotated[str | None, typer.Option("--train", help="Training file (.csv, .tsv, .jsonl; CoNLL token<TAB>tag for token-classification; SQuAD JSON for question-answering).", show_default=False)] = None,
     dev: Annotated[str | None, typer.Option("--dev", help="Dev file: evaluated each epoch; picks the best model.", show_default=False)] = None,
     test: Annotated[str | None, typer.Option("--test", help="Test file: evaluated once with the best model.", show_default=False)] = None,
     text_column: Annotated[str | None, typer.Option("--text-column", help="Column with the text (name, or 0-based index with --no-header).", show_default=False)] = None,
@@ -44,7 +50,7 @@ def command(
     patience: Annotated[int | None, typer.Option("--patience", help="Stop after N evaluations without improvement.", show_default=False)] = None,
     class_weights: Annotated[str | None, typer.Option("--class-weights", help="auto (inverse class frequency) | none (default: none)", show_default=False)] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for every random choice. (default: 0)", show_default=False)] = None,
-    metric: Annotated[str | None, typer.Option("--metric", help="Dev metric for the best model: accuracy, macro_f1, mcc, loss (classification); spearman, pearson, mse, loss (regression).", show_default=False)] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Dev metric for the best model: accuracy, macro_f1, mcc, loss (classification); spearman, pearson, mse, loss (regression); spearman, pearson, loss (sentence-embedding); f1, precision, recall, loss (token-classification: entity-level, seqeval); f1, exact_match, loss (question-answering: official SQuAD, 0-100).", show_default=False)] = None,
     delimiter: Annotated[str | None, typer.Option("--delimiter", help="Field delimiter (',', 'tab', ...); default: by file extension.", show_default=False)] = None,
     no_quoting: Annotated[bool | None, typer.Option("--no-quoting", help="Treat double quotes as text (STS-B, MRPC).", show_default=False)] = None,
     no_header: Annotated[bool | None, typer.Option("--no-header", help="Files have no header row; name columns by index.", show_default=False)] = None,

@@ -1,0 +1,620 @@
+"""Token classification (named-entity recognition) on CoNLL files; entities with offsets on raw text.
+
+Training data: CoNLL ``token<TAB>tag`` files (:mod:`bertcli.data.conll`), BIO (or IOBES) tags.
+The tag map is built from the training tags (``O`` first) and saved as ``id2label``/``label2id``
+in ``config.json``, so transformers ``BertForTokenClassification`` loads the checkpoint as it is.
+
+Alignment: the words of a sentence are tokenized as pre-tokenized input (the ``tokenizers``
+library keeps each word's boundaries and maps every wordpiece back to its word); the first
+wordpiece of each word carries the word's tag, the other pieces get ``-100`` and are ignored by
+the loss. A word that yields no wordpiece at all (a lone zero-width or control character) cannot
+be tagged: it is scored as ``O`` in evaluation.
+
+Long sentences: a sentence with more wordpieces than ``--max-length`` (minus ``[CLS]`` and
+``[SEP]``) is split into consecutive windows of whole words, so no word is lost from training or
+evaluation; ``truncated`` counts the sentences that were split. (Only a single word longer than a
+whole window loses pieces, never its first one.)
+
+Metrics: entity-level precision, recall and F1 (seqeval, CoNLL evaluation rules), overall
+(micro-averaged) and per entity type (``<type>_f1``, ``<type>_precision``, ``<type>_recall``), plus the
+mean token loss.
+
+Prediction (``bertcli predict --model NER_DIR INPUT``): raw texts are split into words by the
+BERT pre-tokenizer (whitespace and punctuation), tagged the same way, and decoded into entities
+``{"type", "text", "start", "end", "score"}`` whose ``start``/``end`` are character offsets into
+the original text (``text[start:end]`` is the entity), and whose score is the mean probability of
+the predicted tags of its words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertcli.errors import CheckpointError, ConfigError, DataError
+from bertcli.tasks.classification import FinetuneOptions, length_grouped_order, sorted_batches
+from bertcli.train import Task
+
+TASKS = ("token-classification",)
+METRICS = {"token-classification": ("f1", "precision", "recall", "loss")}  # the first is the default --metric
+LOWER_IS_BETTER = ("loss",)
+REQUIRED: dict[str, tuple[str, ...]] = {"token-classification": ()}
+IGNORE = -100  # label of the wordpieces that are not the first of a word (and of [CLS], [SEP], padding)
+
+# Options of bertcli finetune that do not apply to CoNLL files (checked when set).
+_NOT_FOR_CONLL = ("text_column", "text_pair_column", "label_column", "delimiter", "no_quoting", "no_header",
+                  "loss", "negative_column", "label_scale")
+
+
+def validate_options(opts: FinetuneOptions) -> None:
+    for name in _NOT_FOR_CONLL:
+        if getattr(opts, name):
+            raise ConfigError(
+                f"--{name.replace('_', '-')} does not apply to --task token-classification (its files are CoNLL: "
+                f"one 'token<TAB>tag' per line, empty lines between sentences); remove it"
+            )
+
+
+# ============================================================ alignment and windows
+def _pieces(tokenizer, inputs: list, pretokenized: bool) -> list:
+    """``tokenizers`` encodings of ``inputs`` without special tokens and without truncation."""
+    from bertcli.tokenizer import clean_text
+
+    backend = tokenizer.backend
+    if pretokenized:
+        inputs = [[clean_text(w) for w in words] for words in inputs]
+    else:
+        inputs = [clean_text(t) for t in inputs]
+    saved = backend.truncation
+    backend.no_truncation()
+    try:
+        return backend.encode_batch(inputs, is_pretokenized=pretokenized, add_special_tokens=False)
+    finally:
+        if saved:
+            backend.enable_truncation(**saved)
+
+
+@dataclass
+class Window:
+    """One model input: ``[CLS]`` + the wordpieces of some whole words + ``[SEP]``."""
+
+    ids: list[int]
+    positions: np.ndarray  # token position of the first wordpiece of each word in the window
+    words: np.ndarray      # the sentence's word index of each of those words
+    sentence: int          # index of the sentence (or text)
+
+
+def windows_of(ids: list[int], word_ids: list[int | None], sentence: int, budget: int, cls_id: int,
+               sep_id: int) -> tuple[list[Window], bool]:
+    """Cut one sentence's wordpieces into windows of whole words of at most ``budget`` pieces.
+
+    Returns (windows, whether the sentence needed more than one window or lost pieces).
+    """
+    # group the pieces by word (pieces of a word are contiguous)
+    groups: list[tuple[int, list[int]]] = []
+    for tid, w in zip(ids, word_ids, strict=True):
+        if w is None:
+            continue
+        if groups and groups[-1][0] == w:
+            groups[-1][1].append(tid)
+        else:
+            groups.append((w, [tid]))
+    out: list[Window] = []
+    cut = False
+    cur: list[int] = []
+    pos: list[int] = []
+    words: list[int] = []
+
+    def flush() -> None:
+        if words:
+            out.append(Window([cls_id, *cur, sep_id], np.asarray(pos, dtype=np.int64),
+                              np.asarray(words, dtype=np.int64), sentence))
+            cur.clear()
+            pos.clear()
+            words.clear()
+
+    for w, pieces in groups:
+        if len(pieces) > budget:  # one word longer than a window: keep its first pieces
+            pieces = pieces[:budget]
+            cut = True
+        if len(cur) + len(pieces) > budget:
+            flush()
+        pos.append(len(cur) + 1)  # +1 for [CLS]
+        words.append(w)
+        cur.extend(pieces)
+    flush()
+    return out, cut or len(out) > 1
+
+
+def word_windows(tokenizer, sentences: list[list[str]], max_length: int) -> tuple[list[Window], int]:
+    """Windows of pre-tokenized sentences and the number of sentences split (or cut)."""
+    encs = _pieces(tokenizer, sentences, pretokenized=True)
+    out: list[Window] = []
+    split = 0
+    for s, enc in enumerate(encs):
+        ws, was_split = windows_of(enc.ids, enc.word_ids, s, max_length - 2, tokenizer.cls_id, tokenizer.sep_id)
+        out.extend(ws)
+        split += was_split
+    return out, split
+
+
+# ============================================================ data
+@dataclass
+class NerSplit:
+    """One CoNLL file as windows with the first-piece tags, plus the gold tags per sentence."""
+
+    name: str
+    path: str
+    sentences: list[list[str]]   # words
+    gold: list[list[str]]        # tags
+    windows: list[Window]
+    labels: list[np.ndarray]     # tag id of each window's words
+    truncated: int = 0
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        self.lengths = np.fromiter((len(w.ids) for w in self.windows), dtype=np.int64, count=len(self.windows))
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+
+def load_split(name: str, path: str, encoding: str, label2id: dict[str, int] | None, train_path: str = ""):
+    """A CoNLL file (``--name``); a tag missing from ``label2id`` (the training tags) names its line."""
+    from bertcli.data.conll import read_conll
+
+    if str(path) != "-" and not Path(path).is_file():
+        raise DataError(f"{path}: no such file (--{name})")
+    conll = read_conll(path, encoding)
+    if label2id is not None:
+        for sent in conll.sentences:
+            for tag, line in zip(sent.tags, sent.lines, strict=True):
+                if tag not in label2id:
+                    known = ", ".join(label2id)
+                    raise DataError(
+                        f"{conll.path}, line {line}: tag '{tag}' never occurs in the training file {train_path} "
+                        f"(training tags: {known}); fix the tag or add training sentences with it"
+                    )
+    return conll
+
+
+def make_split(name: str, conll, label2id: dict[str, int], tokenizer, max_length: int) -> NerSplit:
+    sentences = [s.words for s in conll.sentences]
+    gold = [s.tags for s in conll.sentences]
+    windows, split = word_windows(tokenizer, sentences, max_length)
+    labels = [np.asarray([label2id[gold[w.sentence][i]] for i in w.words], dtype=np.int64) for w in windows]
+    return NerSplit(name, conll.path, sentences, gold, windows, labels, split)
+
+
+def pad_windows(windows: list[Window], pad_id: int, labels: list[np.ndarray] | None = None):
+    """(input_ids, attention_mask, token_type_ids, labels or None) tensors, right-padded."""
+    import torch
+
+    n, T = len(windows), max((len(w.ids) for w in windows), default=0)
+    arr = np.full((n, T), pad_id, dtype=np.int64)
+    mask = np.zeros((n, T), dtype=np.int64)
+    lab = np.full((n, T), IGNORE, dtype=np.int64) if labels is not None else None
+    for i, w in enumerate(windows):
+        arr[i, : len(w.ids)] = w.ids
+        mask[i, : len(w.ids)] = 1
+        if lab is not None:
+            lab[i, w.positions] = labels[i]
+    x, m = torch.from_numpy(arr), torch.from_numpy(mask)
+    return x, m, torch.zeros_like(x), (torch.from_numpy(lab) if lab is not None else None)
+
+
+def window_logits(model, windows: list[Window], *, pad_id: int, batch_size: int, device, precision: str = "fp32",
+                  progress=None) -> list[np.ndarray]:
+    """For every window, the (words, num_labels) float32 logits at its words' first wordpieces."""
+    import torch
+
+    from bertcli.device import autocast
+
+    lengths = np.fromiter((len(w.ids) for w in windows), dtype=np.int64, count=len(windows))
+    out: list[np.ndarray | None] = [None] * len(windows)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast(device, precision):
+            for idx in sorted_batches(lengths, batch_size):
+                batch = [windows[i] for i in idx]
+                x, m, t, _ = pad_windows(batch, pad_id)
+                logits = model(x.to(device), m.to(device), t.to(device)).float().cpu().numpy()  # (B, T, K)
+                for row, (i, w) in enumerate(zip(idx, batch, strict=True)):
+                    out[i] = logits[row, w.positions]
+                if progress is not None:
+                    progress(len(idx), len(windows))
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    """Entity-level precision / recall / F1 (seqeval, CoNLL rules), overall (micro) and per type."""
+    import warnings
+
+    from seqeval.metrics import classification_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seqeval warns when a type has no prediction (scored 0)
+        report = classification_report(gold, pred, output_dict=True, zero_division=0)
+    micro = report.get("micro avg", {})
+    out = {"f1": float(micro.get("f1-score", 0.0)), "precision": float(micro.get("precision", 0.0)),
+           "recall": float(micro.get("recall", 0.0))}
+    for kind, row in sorted(report.items()):
+        if kind.endswith(" avg"):
+            continue
+        out[f"{kind}_f1"] = float(row["f1-score"])
+        out[f"{kind}_precision"] = float(row["precision"])
+        out[f"{kind}_recall"] = float(row["recall"])
+    return out
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+# ============================================================ the task
+class TokenClassificationTask(Task):
+    """Per-token cross-entropy on the first wordpiece of each word; entity-level dev metrics."""
+
+    def __init__(self, opts: FinetuneOptions):
+        from bertcli.checkpoint import load_checkpoint, load_tokenizer
+        from bertcli.data.conll import build_tag_map
+        from bertcli.tokenizer import check_max_length
+
+        opts.validate()
+        self.opts = opts
+        self.name = opts.task
+        self.checkpoint = load_checkpoint(opts.model)
+        self.config = self.checkpoint.config
+        self.tokenizer = load_tokenizer(self.checkpoint.path, self.config.vocab_size)
+        self.max_length = check_max_length(opts.max_length, self.config.max_positions)
+        self.precision = "fp32"  # evaluation precision; finetune() sets the resolved one
+        self.run_config = {"finetune": dataclasses.asdict(opts)}
+
+        train = load_split("train", opts.train, opts.encoding, None)
+        self.label2id = build_tag_map(train.tags)
+        if len(self.label2id) < 2:
+            raise DataError(f"{opts.train}: every training tag is '{next(iter(self.label2id))}'; "
+                            f"token classification needs at least two tags (e.g. O and B-PER)")
+        self.id2label = {i: t for t, i in self.label2id.items()}
+        self.num_labels = len(self.label2id)
+        self.train_split = make_split("train", train, self.label2id, self.tokenizer, self.max_length)
+        self.dev_split = self._load("dev", opts.dev) if opts.dev else None
+        self.test_split = self._load("test", opts.test) if opts.test else None
+        self.class_weight = None
+        if opts.class_weights == "auto":
+            ids = np.concatenate(self.train_split.labels) if self.train_split.labels else np.zeros(0, np.int64)
+            counts = np.bincount(ids, minlength=self.num_labels).astype(np.float64)
+            self.class_weight = (counts.sum() / (self.num_labels * np.maximum(counts, 1))).astype(np.float32)
+
+    def _load(self, name: str, path: str) -> NerSplit:
+        conll = load_split(name, path, self.opts.encoding, self.label2id, self.opts.train)
+        return make_split(name, conll, self.label2id, self.tokenizer, self.max_length)
+
+    # ------------------------------------------------------------ contract with finetune()
+    @property
+    def truncated(self) -> dict[str, int]:
+        """Sentences split into several windows (no word is dropped), per split."""
+        return {s.name: s.truncated for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
+
+    @property
+    def examples(self) -> dict[str, int]:
+        """Sentences per split."""
+        return {s.name: len(s) for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_split is not None
+
+    def test_metrics(self, path: str, device) -> dict[str, float]:
+        model = load_token_model(path, self.num_labels)
+        model.to(device)
+        return self.evaluate_split(model, self.test_split, device)
+
+    # ------------------------------------------------------------ Task interface
+    def build_model(self):
+        from bertcli.checkpoint import load_into
+        from bertcli.heads import BertForTokenClassification
+
+        model = BertForTokenClassification(self.config, self.num_labels)
+        state = dict(self.checkpoint.state)
+        head = state.get("classifier.weight")
+        old = self.checkpoint.id2label or {}
+        same = (head is not None and head.shape[0] == self.num_labels
+                and self.checkpoint.bertcli.get("task", "token-classification") == "token-classification"
+                and "pooler" not in self.checkpoint.heads
+                and [old.get(i) for i in range(self.num_labels)] == [self.id2label[i] for i in range(self.num_labels)])
+        if not same:  # a new head (another task's head, or other tags)
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        load_into(model, state, str(self.checkpoint.path), allow_missing=("classifier.",))
+        return model
+
+    def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
+        split = self.train_split
+        groups = length_grouped_order(split.lengths, batch_size, generator)
+        if world_size > 1:
+            groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
+        out = []
+        for idx in groups:
+            x, m, t, y = pad_windows([split.windows[i] for i in idx], self.tokenizer.pad_id,
+                                     [split.labels[i] for i in idx])
+            out.append({"input_ids": x, "attention_mask": m, "token_type_ids": t, "labels": y})
+        return out
+
+    def compute_loss(self, model, batch, generator, device):
+        import torch
+        import torch.nn.functional as F
+
+        tokens = int(batch["attention_mask"].sum())
+        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float()  # (B, T, K)
+        weight = torch.from_numpy(self.class_weight).to(device) if self.class_weight is not None else None
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"].reshape(-1), weight=weight,
+                               ignore_index=IGNORE)
+        return loss, {"tokens": tokens}
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        if self.dev_split is None:
+            return {}
+        return self.evaluate_split(model, self.dev_split, device)
+
+    def predict_split(self, model, split: NerSplit, device) -> tuple[list[list[str]], float]:
+        """(predicted tags per sentence, mean token loss); words without a wordpiece are ``O``."""
+        logits = window_logits(model, split.windows, pad_id=self.tokenizer.pad_id,
+                               batch_size=max(self.opts.batch_size * 2, 8), device=device, precision=self.precision)
+        pred = [["O"] * len(words) for words in split.sentences]
+        nll, count = 0.0, 0
+        for w, z, y in zip(split.windows, logits, split.labels, strict=True):
+            best = z.argmax(-1)
+            for i, k in zip(w.words, best, strict=True):
+                pred[w.sentence][i] = self.id2label[int(k)]
+            if len(y):
+                nll -= float(log_softmax(z)[np.arange(len(y)), y].sum())
+                count += len(y)
+        return pred, nll / max(count, 1)
+
+    def evaluate_split(self, model, split: NerSplit, device) -> dict[str, float]:
+        pred, loss = self.predict_split(model, split, device)
+        metrics = entity_metrics(split.gold, pred)
+        metrics["loss"] = loss
+        return metrics
+
+    def checkpoint_payload(self, model) -> dict:
+        model = getattr(model, "module", model)  # DDP
+        hf_extra = {
+            "id2label": {str(i): t for i, t in self.id2label.items()},
+            "label2id": dict(self.label2id),
+        }
+        scheme = "IOBES" if any(t[:2] in ("E-", "S-") for t in self.label2id) else "BIO"
+        bertcli = {"max_length": self.max_length, "tags": scheme}
+        return {"state": model.state_dict(), "config": self.config, "tokenizer": self.tokenizer,
+                "task": self.name, "hf_extra": hf_extra, "bertcli": bertcli}
+
+
+def build_task(opts: FinetuneOptions) -> TokenClassificationTask:
+    return TokenClassificationTask(opts)
+
+
+def load_token_model(path, num_labels: int | None = None):
+    """A ``BertForTokenClassification`` with the weights of checkpoint ``path`` (head size checked)."""
+    from bertcli.checkpoint import load_checkpoint, load_into
+    from bertcli.heads import BertForTokenClassification
+
+    ckpt = load_checkpoint(path)
+    head = ckpt.state.get("classifier.weight")
+    if head is None or (num_labels is not None and head.shape[0] != num_labels):
+        want = f" with {num_labels} outputs" if num_labels is not None else ""
+        raise CheckpointError(f"{ckpt.path}: no token classification head{want}; fine-tune it first with "
+                              f"bertcli finetune --task token-classification")
+    model = BertForTokenClassification(ckpt.config, int(head.shape[0]))
+    load_into(model, ckpt.state, str(ckpt.path))
+    return model
+
+
+# ============================================================ prediction on raw text
+@dataclass
+class Tagger:
+    """A loaded token-classification checkpoint, ready to find entities in raw text."""
+
+    model: Any
+    tokenizer: Any
+    id2label: dict[int, str]
+    max_length: int
+    device: Any
+    precision: str
+    path: Path
+
+    def entities(self, texts: list[str], batch_size: int = 64, progress=None) -> tuple[list[list[dict]], int]:
+        """Entities of every text and the number of texts split into windows.
+
+        Each entity is ``{"type", "text", "start", "end", "score"}``; ``texts[i][start:end] == text``.
+        """
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        encs = _pieces(self.tokenizer, texts, pretokenized=False)
+        windows: list[Window] = []
+        spans: list[list[tuple[int, int]]] = []
+        split = 0
+        for t, enc in enumerate(encs):
+            # one word per pre-tokenizer word: its character span in the original text
+            starts: dict[int, int] = {}
+            ends: dict[int, int] = {}
+            for w, (a, b) in zip(enc.word_ids, enc.offsets, strict=True):
+                if w is None:
+                    continue
+                starts[w] = min(a, starts.get(w, a))
+                ends[w] = max(b, ends.get(w, b))
+            order = sorted(starts)
+            index = {w: i for i, w in enumerate(order)}  # words numbered 0.. in text order
+            spans.append([(starts[w], ends[w]) for w in order])
+            word_ids = [None if w is None else index[w] for w in enc.word_ids]
+            ws, was_split = windows_of(enc.ids, word_ids, t, self.max_length - 2, self.tokenizer.cls_id,
+                                       self.tokenizer.sep_id)
+            windows.extend(ws)
+            split += was_split
+        logits = window_logits(self.model, windows, pad_id=self.tokenizer.pad_id, batch_size=batch_size,
+                               device=self.device, precision=self.precision, progress=progress)
+        tags = [["O"] * len(s) for s in spans]
+        probs = [np.zeros(len(s), dtype=np.float64) for s in spans]
+        for w, z in zip(windows, logits, strict=True):
+            p = np.exp(log_softmax(z))
+            best = p.argmax(-1)
+            for i, k, row in zip(w.words, best, p, strict=True):
+                tags[w.sentence][i] = self.id2label[int(k)]
+                probs[w.sentence][i] = float(row[k])
+        out: list[list[dict]] = []
+        for text, words, tag, prob in zip(texts, spans, tags, probs, strict=True):
+            found = []
+            for kind, first, last in get_entities(tag):
+                start, end = words[first][0], words[last][1]
+                found.append({"type": kind, "text": text[start:end], "start": int(start), "end": int(end),
+                              "score": round(float(prob[first:last + 1].mean()), 4)})
+            out.append(found)
+        return out, split
+
+
+def load_tagger(model_dir, device: str = "auto", precision: str = "auto") -> Tagger:
+    """Load a checkpoint fine-tuned with ``--task token-classification`` (label map checked)."""
+    from bertcli.checkpoint import load_checkpoint, load_into, load_tokenizer
+    from bertcli.device import resolve_device, resolve_precision
+    from bertcli.heads import BertForTokenClassification
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    ckpt = load_checkpoint(model_dir)
+    head = ckpt.state.get("classifier.weight")
+    if head is None:
+        raise CheckpointError(f"{ckpt.path}: has no token classification head; fine-tune it first with "
+                              f"bertcli finetune --task token-classification")
+    rows = int(head.shape[0])
+    id2label = ckpt.id2label or {}
+    if sorted(id2label) != list(range(rows)):
+        raise CheckpointError(
+            f"{ckpt.path}: config.json maps {len(id2label)} tags (id2label) but the classifier head has {rows} "
+            f"outputs; the checkpoint is inconsistent"
+        )
+    tok = load_tokenizer(ckpt.path, ckpt.config.vocab_size)
+    max_length = int(ckpt.bertcli.get("max_length") or min(ckpt.config.max_positions, tok.model_max_length))
+    max_length = max(3, min(max_length, ckpt.config.max_positions))
+    model = BertForTokenClassification(ckpt.config, rows)
+    load_into(model, ckpt.state, str(ckpt.path))
+    model.to(dev).eval()
+    return Tagger(model, tok, id2label, max_length, dev, prec, ckpt.path)
+
+
+def predict_entities(model_dir, texts: list[str], *, batch_size: int = 64, device: str = "auto",
+                     precision: str = "auto") -> list[list[dict]]:
+    """Entities of each text (library entry point; see :meth:`Tagger.entities`)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    return load_tagger(model_dir, device, precision).entities(texts, batch_size)[0]
+
+
+# ------------------------------------------------------------ bertcli predict
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".ndjson")
+ENTITY_COLUMNS = ["line", "type", "entity", "start", "end", "score"]
+
+
+def read_inputs(input: str, *, text_column: str | None, delimiter: str | None, no_quoting: bool | None,
+                no_header: bool | None, encoding: str) -> tuple[list[str], list[int], list[dict] | None]:
+    """(texts, line numbers, table records or None) of a .txt file (one text per line) or a table."""
+    from bertcli.data.tables import read_table
+    from bertcli.data.text import read_lines
+
+    is_table = text_column is not None or str(input).lower().endswith(TABLE_SUFFIXES)
+    if not is_table:
+        for name, value in (("--delimiter", delimiter), ("--no-quoting", no_quoting), ("--no-header", no_header)):
+            if value:
+                raise ConfigError(f"{name} applies to CSV/TSV input; {input} is read as plain text (one text per "
+                                  f"line); pass --text-column to read it as a table")
+        texts, lines = [], []
+        for number, line in enumerate(read_lines(input, encoding), start=1):
+            if line.strip():
+                texts.append(line)
+                lines.append(number)
+        return texts, lines, None
+    table = read_table(input, delimiter=delimiter, quoting=not no_quoting, header=not no_header, encoding=encoding)
+    if text_column is None:
+        if "text" not in table.columns:
+            shown = ", ".join(repr(c) for c in table.columns[:30])
+            raise ConfigError(f"{table.path}: no column 'text'; pass --text-column (columns found: {shown})")
+        text_column = "text"
+    return table.column(text_column), list(table.lines), table.records()
+
+
+def predict_command(*, model, input, output, json_out, quiet, text_column, batch_size, delimiter, no_quoting,
+                    no_header, encoding, device, precision) -> None:
+    """``bertcli predict`` for a token-classification checkpoint: entities of every input text.
+
+    ``--json`` prints one JSON object per text on stdout (the input record, or ``line`` and
+    ``text`` for plain text, plus ``entities``). ``--output FILE``: ``.jsonl`` the same objects,
+    ``.csv``/``.tsv`` one row per entity (``line, type, entity, start, end, score``). Without
+    either, stdout gets the rows (TSV; CSV or JSON lines for a .csv or .jsonl input).
+    """
+    from bertcli.cli._common import emit_json, err_console
+    from bertcli.data.tables import write_table
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    tagger = load_tagger(model, device, precision)
+    texts, lines, records = read_inputs(input, text_column=text_column, delimiter=delimiter, no_quoting=no_quoting,
+                                        no_header=no_header, encoding=encoding)
+    if quiet:
+        found, split = tagger.entities(texts, batch_size)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err_console, transient=True) as bar:
+            job = bar.add_task("predict", total=None)
+            found, split = tagger.entities(
+                texts, batch_size, progress=lambda n, total: bar.update(job, advance=n, total=total))
+
+    objects = []
+    for i, (text, line, ents) in enumerate(zip(texts, lines, found, strict=True)):
+        if records is None:
+            objects.append({"line": line, "text": text, "entities": ents})
+        else:
+            rec = dict(records[i])
+            rec["entities" if "entities" not in rec else "predicted_entities"] = ents
+            objects.append(rec)
+    rows = [{"line": line, "type": e["type"], "entity": e["text"], "start": e["start"], "end": e["end"],
+             "score": e["score"]} for line, ents in zip(lines, found, strict=True) for e in ents]
+
+    obj_columns = list(dict.fromkeys(k for obj in objects for k in obj)) or ["line", "text", "entities"]
+
+    def write(name: str, stream=None) -> None:
+        if name.lower().endswith((".jsonl", ".json", ".ndjson")):
+            write_table(name, obj_columns, objects, stream=stream)
+        else:
+            write_table(name, ENTITY_COLUMNS, rows, stream=stream)
+
+    if json_out:
+        for obj in objects:
+            emit_json(obj)
+    if output != "-":
+        try:
+            write(output)
+        except OSError as exc:
+            raise DataError(f"{output}: cannot write the predictions ({exc.strerror})") from None
+    elif not json_out:
+        suffix = Path(input).suffix.lower() if input != "-" else ""
+        name = "stdout" + (suffix if suffix in (".csv", ".jsonl") else ".tsv")
+        write(name, stream=sys.stdout)
+        sys.stdout.flush()
+    if not quiet:
+        from collections import Counter
+
+        kinds = Counter(e["type"] for ents in found for e in ents)
+        per = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+        where = f" -> {output}" if output != "-" else ""
+        err_console.print(f"{len(texts)} texts, {sum(kinds.values())} entities" + (f" ({per})" if per else "")
+                          + where + (f"; {split} long texts tagged in several windows" if split else ""))
