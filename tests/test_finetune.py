@@ -297,3 +297,26 @@ def test_resume_after_interrupt_matches_uninterrupted(tiny_model_dir, tmp_path, 
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] == b[k]).all(), k
+
+
+def test_length_grouping_and_its_switch(tiny_model_dir, tmp_path):
+    """Grouped batches hold similar lengths; --no-group-by-length gives plain random batches."""
+    import numpy as np
+    import torch
+
+    from bertcli.tasks.classification import length_grouped_order
+
+    lengths = np.arange(640) % 64 + 1
+    for group in (True, False):
+        a = length_grouped_order(lengths, 16, torch.Generator().manual_seed(0), group)
+        b = length_grouped_order(lengths, 16, torch.Generator().manual_seed(0), group)
+        assert [x.tolist() for x in a] == [x.tolist() for x in b]  # deterministic
+        assert sorted(np.concatenate(a).tolist()) == list(range(640))  # every example once
+        spread = np.mean([lengths[x].max() - lengths[x].min() for x in a])
+        assert (spread < 8) if group else (spread > 40), (group, spread)
+
+    task = make_task(tiny_model_dir, tmp_path, group_by_length=False)
+    batches = task.train_batches(0, torch.Generator().manual_seed(1), 8)
+    assert sum(len(b["labels"]) for b in batches) == len(task.train_split.labels)
+    with pytest.raises(ConfigError, match="group_by_length"):
+        options(tiny_model_dir, tmp_path, group_by_length="no")

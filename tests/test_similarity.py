@@ -106,3 +106,10 @@ def test_stsb_dev_matches_sentence_transformers(cli, shared_data, minilm_dir):
     assert rows["mean"]["pairs"] == 1500
     assert abs(rows["mean"]["spearman"] - ref_spearman) <= 0.001, (rows["mean"]["spearman"], ref_spearman)
     assert rows["cls"]["spearman"] < rows["mean"]["spearman"]
+
+    # bf16 is what --precision auto picks on CPUs with native bf16 and on CUDA: within 0.002
+    r = cli("similarity", "--model", minilm_dir, "--pairs", path, "--no-header", "--no-quoting",
+            "--a-column", "5", "--b-column", "6", "--gold-column", "4", "--precision", "bf16", "--json")
+    assert r.exit_code == 0, r.stderr
+    (row,) = _rows(r.stdout)
+    assert abs(row["spearman"] - ref_spearman) <= 0.002, (row["spearman"], ref_spearman)

@@ -71,6 +71,7 @@ class FinetuneOptions:
     resume: str | None = None
     skip_nonfinite: int = 0
     auto_batch_size: bool = False
+    group_by_length: bool = True
     # --task question-answering
     doc_stride: int = 128
     max_query_length: int = 64
@@ -245,17 +246,19 @@ def pad(ids: list[list[int]], type_ids: list[list[int]], pad_id: int):
     return torch.from_numpy(arr), torch.from_numpy(mask), torch.from_numpy(types)
 
 
-def length_grouped_order(lengths: np.ndarray, batch_size: int, generator) -> list[np.ndarray]:
+def length_grouped_order(lengths: np.ndarray, batch_size: int, generator, group: bool = True) -> list[np.ndarray]:
     """Shuffled batches of similar-length examples (little padding, still random).
 
     A random permutation is cut into windows of ``GROUP_FACTOR`` batches; each window is sorted by
     length and cut into batches; the batches are shuffled. Deterministic for a generator state.
+    With ``group=False`` (``--no-group-by-length``) the window is one batch: plain random batches
+    (each sorted inside, which changes nothing but the padding layout), from the same draws.
     """
     import torch
 
     n = len(lengths)
     perm = torch.randperm(n, generator=generator).numpy()
-    window = batch_size * GROUP_FACTOR
+    window = batch_size * (GROUP_FACTOR if group else 1)
     batches: list[np.ndarray] = []
     for start in range(0, n, window):
         chunk = perm[start:start + window]
@@ -307,7 +310,29 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # ============================================================ the task
-class SequenceClassificationTask(Task):
+class FinetuneTask(Task):
+    """What every fine-tuning task shares: ``train_split``, ``dev_split`` (or None), ``test_split``
+    (or None), set by the subclass; each split has a ``name``, a length and a ``truncated`` count."""
+
+    @property
+    def splits(self) -> list:
+        return [s for s in (self.train_split, self.dev_split, self.test_split) if s is not None]
+
+    @property
+    def truncated(self) -> dict[str, int]:
+        """Split name -> inputs truncated to ``--max-length``."""
+        return {s.name: s.truncated for s in self.splits}
+
+    @property
+    def examples(self) -> dict[str, int]:
+        return {s.name: len(s) for s in self.splits}
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_split is not None
+
+
+class SequenceClassificationTask(FinetuneTask):
     """Classification (cross-entropy) or regression (MSE) on the pooled [CLS] vector."""
 
     def __init__(self, opts: FinetuneOptions):
@@ -357,18 +382,6 @@ class SequenceClassificationTask(Task):
         ids, type_ids, truncated = self.tokenizer.encode_ids(texts, pairs, max_length=self.max_length)
         return Split(name, path, ids, type_ids, labels, lines, truncated)
 
-    @property
-    def truncated(self) -> dict[str, int]:
-        return {s.name: s.truncated for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
-
-    @property
-    def examples(self) -> dict[str, int]:
-        return {s.name: len(s) for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
-
-    @property
-    def has_test(self) -> bool:
-        return self.test_split is not None
-
     def test_metrics(self, path: str, device) -> dict[str, float]:
         """Metrics of the saved checkpoint at ``path`` on the test split."""
         from bertcli.checkpoint import load_checkpoint, load_into
@@ -404,7 +417,7 @@ class SequenceClassificationTask(Task):
         import torch
 
         split = self.train_split
-        groups = length_grouped_order(split.lengths, batch_size, generator)
+        groups = length_grouped_order(split.lengths, batch_size, generator, self.opts.group_by_length)
         if world_size > 1:
             groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
         out = []

@@ -33,8 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from bertcli.errors import CheckpointError, ConfigError, DataError
-from bertcli.tasks.classification import FinetuneOptions, length_grouped_order, pad, sorted_batches
-from bertcli.train import Task
+from bertcli.tasks.classification import (
+    FinetuneOptions,
+    FinetuneTask,
+    length_grouped_order,
+    pad,
+    sorted_batches,
+)
 
 TASKS = ("question-answering",)
 METRICS = {"question-answering": ("f1", "exact_match", "loss")}  # the first is the default --metric
@@ -298,7 +303,7 @@ class QASplit:
         return len(self.squad.questions)
 
 
-class QuestionAnsweringTask(Task):
+class QuestionAnsweringTask(FinetuneTask):
     """Start / end span head on every token; SQuAD exact match and F1 on the dev file."""
 
     def __init__(self, opts: FinetuneOptions):
@@ -365,16 +370,7 @@ class QuestionAnsweringTask(Task):
     @property
     def truncated(self) -> dict[str, int]:
         """Questions cut to --max-query-length (contexts are never cut: they get more windows)."""
-        return {s.name: s.features.truncated_questions
-                for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
-
-    @property
-    def examples(self) -> dict[str, int]:
-        return {s.name: len(s) for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
-
-    @property
-    def has_test(self) -> bool:
-        return self.test_split is not None
+        return {s.name: s.features.truncated_questions for s in self.splits}
 
     def test_metrics(self, path: str, device) -> dict[str, float]:
         model = load_qa_model(path)
@@ -394,7 +390,7 @@ class QuestionAnsweringTask(Task):
         import torch
 
         feats = self.train_split.features
-        groups = length_grouped_order(feats.lengths, batch_size, generator)
+        groups = length_grouped_order(feats.lengths, batch_size, generator, self.opts.group_by_length)
         if world_size > 1:
             groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
         out = []

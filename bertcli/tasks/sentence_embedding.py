@@ -41,6 +41,7 @@ import numpy as np
 from bertcli.errors import ConfigError, DataError
 from bertcli.tasks.classification import (
     FinetuneOptions,
+    FinetuneTask,
     build_label_map,
     encode_labels,
     length_grouped_order,
@@ -48,7 +49,6 @@ from bertcli.tasks.classification import (
     read_split,
     sorted_batches,
 )
-from bertcli.train import Task
 
 TASKS = ("sentence-embedding",)
 METRICS = {"sentence-embedding": ("spearman", "pearson", "loss")}
@@ -237,8 +237,10 @@ def similarity_metrics(a: np.ndarray, b: np.ndarray, gold: np.ndarray) -> dict[s
 
 
 # ============================================================ the task
-class SentenceEmbeddingTask(Task):
-    """Siamese training of a BertModel + pooling with a sentence-transformers loss."""
+class SentenceEmbeddingTask(FinetuneTask):
+    """Siamese training of a BertModel + pooling with a sentence-transformers loss.
+
+    ``truncated`` counts the texts truncated to ``max_length``, every column counted."""
 
     def __init__(self, opts: FinetuneOptions):
         from bertcli.checkpoint import load_checkpoint, load_tokenizer
@@ -310,19 +312,6 @@ class SentenceEmbeddingTask(Task):
                       f"--{name} is scored by Spearman against similarity scores in the same columns as --train")
         return self._encode(name, path, [texts, pairs], gold, lines)
 
-    @property
-    def truncated(self) -> dict[str, int]:
-        """Split -> texts truncated to ``max_length`` (every column counted)."""
-        return {s.name: s.truncated for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
-
-    @property
-    def examples(self) -> dict[str, int]:
-        return {s.name: len(s) for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
-
-    @property
-    def has_test(self) -> bool:
-        return self.test_split is not None
-
     def test_metrics(self, path: str, device) -> dict[str, float]:
         """Metrics of the saved model at ``path`` (with its saved pooling) on the test split."""
         from bertcli.checkpoint import load_checkpoint, load_into
@@ -382,7 +371,7 @@ class SentenceEmbeddingTask(Task):
         import torch
 
         split = self.train_split
-        groups = length_grouped_order(split.lengths, batch_size, generator)
+        groups = length_grouped_order(split.lengths, batch_size, generator, self.opts.group_by_length)
         if world_size > 1:
             groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
         k = len(split.columns)

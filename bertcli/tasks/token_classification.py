@@ -37,8 +37,7 @@ from typing import Any
 import numpy as np
 
 from bertcli.errors import CheckpointError, ConfigError, DataError
-from bertcli.tasks.classification import FinetuneOptions, length_grouped_order, sorted_batches
-from bertcli.train import Task
+from bertcli.tasks.classification import FinetuneOptions, FinetuneTask, length_grouped_order, sorted_batches
 
 TASKS = ("token-classification",)
 METRICS = {"token-classification": ("f1", "precision", "recall", "loss")}  # the first is the default --metric
@@ -261,8 +260,11 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 # ============================================================ the task
-class TokenClassificationTask(Task):
-    """Per-token cross-entropy on the first wordpiece of each word; entity-level dev metrics."""
+class TokenClassificationTask(FinetuneTask):
+    """Per-token cross-entropy on the first wordpiece of each word; entity-level dev metrics.
+
+    ``examples`` counts sentences; ``truncated`` the sentences split into several windows (no word
+    is dropped)."""
 
     def __init__(self, opts: FinetuneOptions):
         from bertcli.checkpoint import load_checkpoint, load_tokenizer
@@ -300,20 +302,6 @@ class TokenClassificationTask(Task):
         return make_split(name, conll, self.label2id, self.tokenizer, self.max_length)
 
     # ------------------------------------------------------------ contract with finetune()
-    @property
-    def truncated(self) -> dict[str, int]:
-        """Sentences split into several windows (no word is dropped), per split."""
-        return {s.name: s.truncated for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
-
-    @property
-    def examples(self) -> dict[str, int]:
-        """Sentences per split."""
-        return {s.name: len(s) for s in (self.train_split, self.dev_split, self.test_split) if s is not None}
-
-    @property
-    def has_test(self) -> bool:
-        return self.test_split is not None
-
     def test_metrics(self, path: str, device) -> dict[str, float]:
         model = load_token_model(path, self.num_labels)
         model.to(device)
@@ -339,7 +327,7 @@ class TokenClassificationTask(Task):
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
         split = self.train_split
-        groups = length_grouped_order(split.lengths, batch_size, generator)
+        groups = length_grouped_order(split.lengths, batch_size, generator, self.opts.group_by_length)
         if world_size > 1:
             groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
         out = []
