@@ -311,8 +311,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 # ============================================================ the task
 class FinetuneTask(Task):
-    """What every fine-tuning task shares: ``train_split``, ``dev_split`` (or None), ``test_split``
-    (or None), set by the subclass; each split has a ``name``, a length and a ``truncated`` count."""
+    """What every fine-tuning task shares: the starting checkpoint, its tokenizer and the checked
+    ``--max-length`` (mismatches are caught here, before any forward pass), and the splits:
+    ``train_split``, ``dev_split`` (or None), ``test_split`` (or None), set by the subclass; each
+    split has a ``name``, a length and a ``truncated`` count."""
+
+    def __init__(self, opts: FinetuneOptions):
+        from bertcli.checkpoint import load_checkpoint, load_tokenizer
+        from bertcli.tokenizer import check_max_length
+
+        opts.validate()
+        self.opts = opts
+        self.name = opts.task
+        self.checkpoint = load_checkpoint(opts.model)
+        self.config = self.checkpoint.config
+        self.tokenizer = load_tokenizer(self.checkpoint.path, self.config.vocab_size)
+        self.max_length = check_max_length(opts.max_length, self.config.max_positions)
+        self.precision = "fp32"  # evaluation precision; finetune() sets the resolved one
+        self.run_config = {"finetune": dataclasses.asdict(opts)}
 
     @property
     def splits(self) -> list:
@@ -336,20 +352,8 @@ class SequenceClassificationTask(FinetuneTask):
     """Classification (cross-entropy) or regression (MSE) on the pooled [CLS] vector."""
 
     def __init__(self, opts: FinetuneOptions):
-        from bertcli.checkpoint import load_checkpoint, load_tokenizer
-        from bertcli.tokenizer import check_max_length
-
-        opts.validate()
-        self.opts = opts
-        self.name = opts.task
+        super().__init__(opts)
         self.regression = opts.task == "regression"
-        self.checkpoint = load_checkpoint(opts.model)
-        self.config = self.checkpoint.config
-        # Mismatches are caught here, before any forward pass.
-        self.tokenizer = load_tokenizer(self.checkpoint.path, self.config.vocab_size)
-        self.max_length = check_max_length(opts.max_length, self.config.max_positions)
-        self.precision = "fp32"  # evaluation precision; finetune() sets the resolved one
-        self.run_config = {"finetune": dataclasses.asdict(opts)}
 
         texts, pairs, raw, lines = read_split("train", opts.train, opts)
         if self.regression:

@@ -24,7 +24,6 @@ library entry point behind it and ``bertcli answer``.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
@@ -307,18 +306,7 @@ class QuestionAnsweringTask(FinetuneTask):
     """Start / end span head on every token; SQuAD exact match and F1 on the dev file."""
 
     def __init__(self, opts: FinetuneOptions):
-        from bertcli.checkpoint import load_checkpoint, load_tokenizer
-        from bertcli.tokenizer import check_max_length
-
-        opts.validate()
-        self.opts = opts
-        self.name = opts.task
-        self.checkpoint = load_checkpoint(opts.model)
-        self.config = self.checkpoint.config
-        self.tokenizer = load_tokenizer(self.checkpoint.path, self.config.vocab_size)
-        self.max_length = check_max_length(opts.max_length, self.config.max_positions)
-        self.precision = "fp32"
-        self.run_config = {"finetune": dataclasses.asdict(opts)}
+        super().__init__(opts)
         self.train_split = self._load("train", opts.train, training=True)
         self.with_null = self.train_split.squad.has_impossible
         if self.with_null is False and not any(w.start for w in self.train_split.features.windows):

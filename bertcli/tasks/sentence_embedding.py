@@ -243,21 +243,10 @@ class SentenceEmbeddingTask(FinetuneTask):
     ``truncated`` counts the texts truncated to ``max_length``, every column counted."""
 
     def __init__(self, opts: FinetuneOptions):
-        from bertcli.checkpoint import load_checkpoint, load_tokenizer
-        from bertcli.tokenizer import check_max_length
-
-        opts.validate()
-        self.opts = opts
-        self.name = opts.task
+        super().__init__(opts)
         self.loss = opts.loss
-        self.checkpoint = load_checkpoint(opts.model)
-        self.config = self.checkpoint.config
-        self.tokenizer = load_tokenizer(self.checkpoint.path, self.config.vocab_size)
-        self.max_length = check_max_length(opts.max_length, self.config.max_positions)
-        self.precision = "fp32"  # evaluation precision; finetune() sets the resolved one
         # A sentence-transformers model with a Normalize module keeps it (in training too, as there).
         self.normalize = bool((self.checkpoint.sentence or {}).get("normalize", False))
-        self.run_config = {"finetune": dataclasses.asdict(opts)}
 
         from bertcli.data.tables import read_table
 

@@ -28,7 +28,6 @@ the predicted tags of its words.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,19 +266,9 @@ class TokenClassificationTask(FinetuneTask):
     is dropped)."""
 
     def __init__(self, opts: FinetuneOptions):
-        from bertcli.checkpoint import load_checkpoint, load_tokenizer
         from bertcli.data.conll import build_tag_map
-        from bertcli.tokenizer import check_max_length
 
-        opts.validate()
-        self.opts = opts
-        self.name = opts.task
-        self.checkpoint = load_checkpoint(opts.model)
-        self.config = self.checkpoint.config
-        self.tokenizer = load_tokenizer(self.checkpoint.path, self.config.vocab_size)
-        self.max_length = check_max_length(opts.max_length, self.config.max_positions)
-        self.precision = "fp32"  # evaluation precision; finetune() sets the resolved one
-        self.run_config = {"finetune": dataclasses.asdict(opts)}
+        super().__init__(opts)
 
         train = load_split("train", opts.train, opts.encoding, None)
         self.label2id = build_tag_map(train.tags)
