@@ -347,6 +347,14 @@ class FinetuneTask(Task):
     def has_test(self) -> bool:
         return self.test_split is not None
 
+    def batch_order(self, lengths: np.ndarray, batch_size: int, generator, rank: int, world_size: int) -> list:
+        """This rank's training batches (index arrays) for an epoch: length-grouped unless
+        ``--no-group-by-length``; under DDP every rank gets the same number of batches."""
+        groups = length_grouped_order(lengths, batch_size, generator, self.opts.group_by_length)
+        if world_size > 1:
+            groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
+        return groups
+
 
 class SequenceClassificationTask(FinetuneTask):
     """Classification (cross-entropy) or regression (MSE) on the pooled [CLS] vector."""
@@ -421,9 +429,7 @@ class SequenceClassificationTask(FinetuneTask):
         import torch
 
         split = self.train_split
-        groups = length_grouped_order(split.lengths, batch_size, generator, self.opts.group_by_length)
-        if world_size > 1:
-            groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
+        groups = self.batch_order(split.lengths, batch_size, generator, rank, world_size)
         out = []
         for idx in groups:
             x, m, t = pad([split.ids[i] for i in idx], [split.type_ids[i] for i in idx], self.tokenizer.pad_id)

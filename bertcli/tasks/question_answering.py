@@ -35,7 +35,6 @@ from bertcli.errors import CheckpointError, ConfigError, DataError
 from bertcli.tasks.classification import (
     FinetuneOptions,
     FinetuneTask,
-    length_grouped_order,
     pad,
     sorted_batches,
 )
@@ -378,9 +377,7 @@ class QuestionAnsweringTask(FinetuneTask):
         import torch
 
         feats = self.train_split.features
-        groups = length_grouped_order(feats.lengths, batch_size, generator, self.opts.group_by_length)
-        if world_size > 1:
-            groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
+        groups = self.batch_order(feats.lengths, batch_size, generator, rank, world_size)
         out = []
         for idx in groups:
             ws = [feats.windows[i] for i in idx]

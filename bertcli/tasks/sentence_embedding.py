@@ -44,7 +44,6 @@ from bertcli.tasks.classification import (
     FinetuneTask,
     build_label_map,
     encode_labels,
-    length_grouped_order,
     pad,
     read_split,
     sorted_batches,
@@ -360,9 +359,7 @@ class SentenceEmbeddingTask(FinetuneTask):
         import torch
 
         split = self.train_split
-        groups = length_grouped_order(split.lengths, batch_size, generator, self.opts.group_by_length)
-        if world_size > 1:
-            groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
+        groups = self.batch_order(split.lengths, batch_size, generator, rank, world_size)
         k = len(split.columns)
         out = []
         for idx in groups:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from bertcli.errors import CheckpointError, ConfigError, DataError
-from bertcli.tasks.classification import FinetuneOptions, FinetuneTask, length_grouped_order, sorted_batches
+from bertcli.tasks.classification import FinetuneOptions, FinetuneTask, sorted_batches
 
 TASKS = ("token-classification",)
 METRICS = {"token-classification": ("f1", "precision", "recall", "loss")}  # the first is the default --metric
@@ -316,9 +316,7 @@ class TokenClassificationTask(FinetuneTask):
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
         split = self.train_split
-        groups = length_grouped_order(split.lengths, batch_size, generator, self.opts.group_by_length)
-        if world_size > 1:
-            groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
+        groups = self.batch_order(split.lengths, batch_size, generator, rank, world_size)
         out = []
         for idx in groups:
             x, m, t, y = pad_windows([split.windows[i] for i in idx], self.tokenizer.pad_id,
