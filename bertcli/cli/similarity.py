@@ -52,7 +52,7 @@ def parse_gold(table, column: str) -> list[float]:
 
     from bertcli.errors import DataError
 
-    values = table.column(column)
+    values = table.column(column, numbers=True)
     out = []
     for v, line in zip(values, table.lines, strict=True):
         try:

@@ -47,16 +47,20 @@ class Table:
             + ("" if len(self.columns) <= 30 else f" ... ({len(self.columns)} in all)")
         )
 
-    def column(self, name: str, allow_empty: bool = True) -> list[str]:
-        """All values of one column as strings; a short row or missing key names its line."""
+    def column(self, name: str, allow_empty: bool = True, *, numbers: bool = False) -> list[str]:
+        """All values of one column as strings; a short row or missing key names its line.
+
+        In JSONL a value must be a JSON string; ``numbers=True`` (labels, scores) also takes a
+        JSON number, as its JSON text. ``null``, ``true``/``false``, a list or an object is an error
+        naming the file, line and field.
+        """
         key = self.column_index(name)
         out = []
         for row, line in zip(self.rows, self.lines, strict=True):
             if self.is_json:
                 if key not in row:
                     raise DataError(f"{self.path}, line {line}: no key '{name}' in this record")
-                value = row[key]
-                value = "" if value is None else value if isinstance(value, str) else json.dumps(value)
+                value = _json_text(row[key], numbers, f"{self.path}, line {line}, field '{name}'")
             else:
                 if key >= len(row):
                     raise DataError(
@@ -69,11 +73,32 @@ class Table:
             out.append(value)
         return out
 
+    def labels(self, name: str) -> list[str]:
+        """A label column: stripped, never empty; JSONL labels may be strings or numbers."""
+        return [v.strip() for v in self.column(name, allow_empty=False, numbers=True)]
+
     def records(self) -> list[dict[str, str]]:
         """Rows as dicts (for writing output tables that keep every input column)."""
         if self.is_json:
             return [dict(r) for r in self.rows]
         return [{c: (r[i] if i < len(r) else "") for i, c in enumerate(self.columns)} for r in self.rows]
+
+
+_JSON_KIND = {type(None): "null", bool: "a boolean", list: "a list", dict: "an object"}
+
+
+def _json_text(value, numbers: bool, where: str) -> str:
+    """A JSONL field as text: a string as it is, a number only where ``numbers``; else an error."""
+    if isinstance(value, str):
+        return value
+    if numbers and isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise DataError(f"{where}: is the number {json.dumps(value)}, expected text; write it as a JSON "
+                        f"string (\"{json.dumps(value)}\")")
+    kind = _JSON_KIND.get(type(value), type(value).__name__)
+    expected = "a label (a string or a number)" if numbers else "text (a JSON string)"
+    raise DataError(f"{where}: is {kind}, expected {expected}; fix or remove the record")
 
 
 def detect_format(path: str, text: str, delimiter: str | None) -> str:
@@ -146,6 +171,8 @@ def _read_jsonl(name: str, text: str) -> Table:
             raise DataError(f"{name}, line {i}, column {exc.colno}: invalid JSON ({exc.msg})") from None
         except RecursionError:
             raise DataError(f"{name}, line {i}: the JSON is nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise DataError(f"{name}, line {i}: invalid JSON ({exc})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{name}, line {i}: expected a JSON object per line, got {type(obj).__name__}")
         for k in obj:

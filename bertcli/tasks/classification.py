@@ -198,7 +198,7 @@ def read_split(name: str, path: str, opts: FinetuneOptions, *, labelled: bool = 
     pairs = table.column(opts.text_pair_column) if opts.text_pair_column else None
     labels = None
     if labelled:
-        labels = [v.strip() for v in table.column(opts.label_column, allow_empty=False)]
+        labels = table.labels(opts.label_column)
     return texts, pairs, labels, table.lines
 
 

@@ -262,7 +262,7 @@ class SentenceEmbeddingTask(FinetuneTask):
         self.label2id: dict[str, int] = {}
         labels = None
         if self.loss in ("cosine", "softmax"):
-            raw = [v.strip() for v in table.column(opts.label_column, allow_empty=False)]
+            raw = table.labels(opts.label_column)
             if self.loss == "cosine":
                 labels = scores(raw, table.lines, opts.train, opts.label_scale,
                                 "--loss cosine trains on similarity scores")
