@@ -87,7 +87,9 @@ def command(
 ) -> None:
     """Embed texts into sentence vectors (rows in input order)."""
     from bertcli.embed import check_output, check_pooling, embed, load, write_embeddings
+    from bertcli.paths import check_outputs
 
+    check_outputs({"--output": output}, {"--input": input, "--model": model})
     kind = check_output(output)
     if pooling is not None:
         check_pooling(pooling)

@@ -76,6 +76,7 @@ def command(
 ) -> None:
     """Fine-tune a checkpoint: text or pair classification, regression, NER, extractive QA, sentence embeddings."""
     from bertcli.config import merge_options
+    from bertcli.paths import check_outputs
     from bertcli.tasks.classification import FinetuneOptions, finetune, options_from_yaml
 
     cli_values = {
@@ -93,6 +94,7 @@ def command(
     }
     base = options_from_yaml(config) if config else FinetuneOptions()
     opts = merge_options(base, cli_values)
+    check_outputs({"--out": opts.out}, {"--model": opts.model, "--train": opts.train, "--dev": opts.dev, "--test": opts.test})
     summary = finetune(opts)
     if json_out:
         emit_json(summary)

@@ -38,8 +38,10 @@ def command(
     from bertcli.errors import ConfigError
     from bertcli.heads import BertForPreTraining
     from bertcli.model import count_parameters
+    from bertcli.paths import check_outputs
     from bertcli.tokenizer import Tokenizer
 
+    check_outputs({"--out": out}, {"--tokenizer": tokenizer, "--config": config})
     if Path(out).exists() and not force:
         raise ConfigError(f"{out}: already exists; choose another --out or pass --force to replace it")
     tok = Tokenizer.load(tokenizer)

@@ -56,9 +56,11 @@ def command(
     """Predict with a fine-tuned model: labels or scores per table row, entities per text, answers per question."""
     from bertcli.checkpoint import load_checkpoint
     from bertcli.data.tables import write_table
+    from bertcli.paths import check_outputs
     from bertcli.predict import predict_table
     from bertcli.tasks import finetune_tasks
 
+    check_outputs({"--output": output}, {"INPUT": input, "--model": model})
     task = load_checkpoint(model, weights=False).bertcli.get("task")
     module = finetune_tasks().get(task or "")
     if module is not None and callable(getattr(module, "predict_command", None)):

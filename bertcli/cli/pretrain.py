@@ -83,9 +83,11 @@ def command(
     quiet: QuietOpt = False,
 ) -> None:
     """Pretrain BERT with masked-language modelling (and next-sentence prediction) on text files."""
+    from bertcli.paths import check_outputs
     from bertcli.tasks.pretraining import PretrainConfig, build_pretraining
     from bertcli.train import fit
 
+    check_outputs({"--out": out, "--cache-dir": cache_dir}, {"corpus": corpus, "--tokenizer": tokenizer, "--init-from": init_from})
     cfg = PretrainConfig.from_yaml(config) if config else PretrainConfig()
     data = dict(objective=objective, max_seq_length=max_seq_length, short_seq_prob=short_seq_prob,
                 eval_fraction=eval_fraction, documents=documents, encoding=encoding,

@@ -88,7 +88,9 @@ def command(
 ) -> None:
     """Cosine similarity of two texts, or of every pair in a file (with Pearson/Spearman against gold scores)."""
     from bertcli.errors import DataError
+    from bertcli.paths import check_outputs
 
+    check_outputs({"--output": output}, {"--pairs": pairs, "--model": model})
     poolings = parse_poolings(pooling)
     if pairs is None:
         for name, value in (("--a-column", a_column), ("--b-column", b_column), ("--gold-column", gold_column),

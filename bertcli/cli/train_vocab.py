@@ -55,8 +55,10 @@ def command(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a BERT WordPiece vocabulary; write tokenizer.json, vocab.txt and configs; check and measure it."""
+    from bertcli.paths import check_outputs
     from bertcli.vocab import train_vocab
 
+    check_outputs({"--out": out}, {"PATHS": paths})
     show = not quiet and err_console.is_terminal
     if show:
         with err_console.status("reading the corpus") as st:
