@@ -83,6 +83,7 @@ def command(
     quiet: QuietOpt = False,
 ) -> None:
     """Pretrain BERT with masked-language modelling (and next-sentence prediction) on text files."""
+    from bertcli.locks import run_lock
     from bertcli.paths import check_outputs
     from bertcli.tasks.pretraining import PretrainConfig, build_pretraining
     from bertcli.train import fit
@@ -104,13 +105,15 @@ def command(
         if not quiet:
             err_console.print(msg, highlight=False)
 
-    task, args = build_pretraining(corpus, out, tokenizer=tokenizer, preset=preset, config=cfg, init_from=init_from,
-                                   data_overrides=data, masking_overrides=masking, train_overrides=train, log=log)
-    s = task.summary
-    log(f"corpus: {s['files']} file(s), {s['documents']:,} documents ({s['heldout_documents']:,} held out), "
-        f"{s['tokens']:,} tokens; objective {task.data.objective}; model {task.config.num_layers} layers, "
-        f"hidden {task.config.hidden_size}, vocab {task.config.vocab_size}")
-    summary = fit(task, args)
+    with run_lock(out):
+        task, args = build_pretraining(corpus, out, tokenizer=tokenizer, preset=preset, config=cfg,
+                                       init_from=init_from, data_overrides=data, masking_overrides=masking,
+                                       train_overrides=train, log=log)
+        s = task.summary
+        log(f"corpus: {s['files']} file(s), {s['documents']:,} documents ({s['heldout_documents']:,} held out), "
+            f"{s['tokens']:,} tokens; objective {task.data.objective}; model {task.config.num_layers} layers, "
+            f"hidden {task.config.hidden_size}, vocab {task.config.vocab_size}")
+        summary = fit(task, args)
     summary["corpus"] = task.summary
     if json_out:
         emit_json(summary)

@@ -521,12 +521,20 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     ``max_length``, ``has_test`` and ``test_metrics(path, device)``. ``opts.out`` ends up a
     checkpoint of the best model by the dev metric (the final one without ``--dev``);
     ``metrics.jsonl`` gets one more line with the test metrics when ``--test`` is given.
+    ``opts.out`` is locked for the run (:func:`bertcli.locks.run_lock`).
     """
+    from bertcli.locks import run_lock
+
+    opts.validate()
+    with run_lock(opts.out):
+        return _finetune(opts)
+
+
+def _finetune(opts: FinetuneOptions) -> dict[str, Any]:
     from bertcli.device import resolve_device, resolve_precision
     from bertcli.tasks import task_module
     from bertcli.train import fit
 
-    opts.validate()
     task = task_module(opts.task).build_task(opts)
     device = resolve_device(opts.device)
     task.precision = resolve_precision(opts.precision, device)

@@ -323,9 +323,11 @@ def build_pretraining(corpus: list[str], out: str, *, tokenizer: str | None = No
 
 def pretrain(corpus: list[str], out: str, **kwargs) -> dict:
     """Pretrain a BERT on ``corpus`` into ``out`` (see :func:`build_pretraining` for the options)."""
+    from bertcli.locks import run_lock
     from bertcli.train import fit
 
-    task, args = build_pretraining(corpus, out, **kwargs)
-    summary = fit(task, args)
+    with run_lock(out):
+        task, args = build_pretraining(corpus, out, **kwargs)
+        summary = fit(task, args)
     summary["corpus"] = task.summary
     return summary
