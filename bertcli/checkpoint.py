@@ -105,7 +105,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"}:
             raise CheckpointError(f"{where}: malformed header entry")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in _DTYPE_SIZES:
+        if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES:  # a list or object: not a dtype
             raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
             raise CheckpointError(f"{where}: invalid shape {shape!r}")

@@ -101,7 +101,7 @@ class BertConfig:
         valid = {f.name for f in fields(cls)}
         for key, value in data.items():
             name = _HF_ALIASES.get(key, key) if key not in valid else key
-            if name == "activation" and key == "hidden_act":
+            if name == "activation" and key == "hidden_act" and isinstance(value, str):
                 value = _HF_ACT_IN.get(value, value)
             if name not in valid:
                 raise ConfigError(
@@ -131,7 +131,7 @@ class BertConfig:
         if pet != "absolute":
             raise ConfigError(f"{source}: position_embedding_type '{pet}' is not supported; only 'absolute'")
         act = hf.get("hidden_act", "gelu")
-        if act not in _HF_ACT_IN:
+        if not isinstance(act, str) or act not in _HF_ACT_IN:
             raise ConfigError(
                 f"{source}: hidden_act '{act}' is not supported; valid values: {', '.join(_HF_ACT_IN)}"
             )
