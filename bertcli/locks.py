@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bertcli.errors import BertcliError
+from bertcli.paths import make_run_dir
 
 LOCK_NAME = ".bertcli.lock"
 
@@ -76,12 +77,7 @@ def run_lock(directory: str | os.PathLike, *, flag: str = "--out",
     warn = warn or _warn
     directory = Path(directory)
     created = not directory.exists()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LockError(f"{directory}: cannot create the run directory ({exc.strerror}); choose another {flag}") from None
-    if not directory.is_dir():
-        raise LockError(f"{directory}: is not a directory; choose another {flag}")
+    make_run_dir(directory, LockError, flag)
     path = directory / LOCK_NAME
     host = socket.gethostname()
     mine = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -32,6 +32,16 @@ def _resolve(path: str) -> Path:
         return Path(os.path.abspath(path))
 
 
+def make_run_dir(path: Path, error: type = ConfigError, flag: str = "--out") -> None:
+    """Create a run directory (parents too); a failure or a file in the way is ``error`` naming ``flag``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"{path}: cannot create the run directory ({exc.strerror}); choose another {flag}") from None
+    if not path.is_dir():
+        raise error(f"{path}: is not a directory; choose another {flag}")
+
+
 def check_outputs(outputs: Mapping[str, PathSpec], inputs: Mapping[str, PathSpec]) -> None:
     """Refuse an output that is an input, lies inside one, or contains one (``ConfigError``).
 

@@ -406,12 +406,9 @@ class _Run:
 
 
 def _prepare_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrainingError(f"{out}: cannot create the run directory ({exc.strerror}); choose another --out") from None
-    if not out.is_dir():
-        raise TrainingError(f"{out}: is not a directory; choose another --out")
+    from bertcli.paths import make_run_dir
+
+    make_run_dir(out, TrainingError)
     for left in out.glob(".*.export-*"):  # a copy into OUT interrupted by a crash or SIGKILL
         shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
     probe = out / f".write-test-{os.getpid()}"
