@@ -52,11 +52,14 @@ any_text = st.text(max_size=200)  # any code point, lone surrogates included
 
 # ------------------------------------------------------------ tables (CSV, TSV, JSONL)
 @given(data=st.binary(max_size=300) | table_text.map(lambda s: s.encode("utf-8", "surrogatepass")),
-       suffix=st.sampled_from([".csv", ".tsv", ".jsonl", ".txt"]), quoting=st.booleans(), header=st.booleans())
-def test_tables_any_bytes(data, suffix, quoting, header):
+       suffix=st.sampled_from([".csv", ".tsv", ".jsonl", ".txt"]), quoting=st.booleans(), header=st.booleans(),
+       delimiter=st.none() | st.sampled_from(["tab", ",", ";", "ab", '"', "\n", " "]) | st.text(max_size=3),
+       encoding=st.sampled_from(["utf-8", "auto", "latin-1", "utf-16", "base64", "nope"]))
+def test_tables_any_bytes(data, suffix, quoting, header, delimiter, encoding):
     from bertcli.data.tables import read_table
 
-    table = result_or_error(read_table, put(data, suffix), quoting=quoting, header=header)
+    table = result_or_error(read_table, put(data, suffix), quoting=quoting, header=header, delimiter=delimiter,
+                            encoding=encoding)
     if table is None:
         return
     assert len(table.rows) == len(table.lines)
@@ -277,3 +280,12 @@ def test_found_config_hidden_act_that_is_not_a_string(act):
         BertConfig.from_hf({"hidden_size": 32, "hidden_act": act})
     with pytest.raises(BertcliError):
         BertConfig.from_dict({"hidden_size": 32, "hidden_act": act})
+
+
+@pytest.mark.parametrize("delimiter", ["ab", "\n", "\r", "tabs"])
+def test_found_delimiter_of_several_characters(delimiter):
+    """--delimiter ab reached csv.reader, which raised TypeError."""
+    from bertcli.data.tables import read_table
+
+    with pytest.raises(BertcliError, match="--delimiter .*: give one character"):
+        read_table(put("a,b\n1,2\n", ".csv"), delimiter=delimiter)

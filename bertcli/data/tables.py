@@ -104,7 +104,10 @@ def _json_text(value, numbers: bool, where: str) -> str:
 def detect_format(path: str, text: str, delimiter: str | None) -> str:
     """'jsonl' or the delimiter character."""
     if delimiter:
-        return {"\\t": "\t", "tab": "\t", "comma": ","}.get(delimiter, delimiter)
+        char = {"\\t": "\t", "tab": "\t", "comma": ","}.get(delimiter, delimiter)
+        if len(char) != 1 or char in "\r\n":
+            raise DataError(f"--delimiter {delimiter!r}: give one character (',', ';', '|') or 'tab'")
+        return char
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         return "jsonl"
