@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BERTCLI_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 # Fuzz profiles: ci (default) is bounded and repeatable; dev runs many more random examples.
-settings.register_profile("ci", max_examples=40, derandomize=True, deadline=None, database=None,
+settings.register_profile("ci", max_examples=150, derandomize=True, deadline=None, database=None,
                           print_blob=True)
 settings.register_profile("dev", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

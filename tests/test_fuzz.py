@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import struct
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,22 @@ def put(data: bytes | str, suffix: str) -> Path:
     return path
 
 
+MAX_PEAK = 32 * 2**20  # inputs are at most a few KB: a larger peak is out of proportion
+
+
 def result_or_error(fn, *args, **kwargs):
-    """Call ``fn``: its result, or None after a BertcliError; any other exception fails the test."""
+    """Call ``fn``: its result, or None after a BertcliError; any other exception fails the test,
+    and so does a peak of Python allocations above ``MAX_PEAK``."""
+    tracemalloc.start()
     try:
         return fn(*args, **kwargs)
     except BertcliError as exc:
         assert str(exc).strip(), "an error message must not be empty"
         return None
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < MAX_PEAK, f"{fn.__name__} allocated {peak} bytes at its peak"
 
 
 # ------------------------------------------------------------ strategies
