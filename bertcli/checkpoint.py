@@ -93,6 +93,8 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: corrupt safetensors header: invalid JSON ({exc.msg})") from None
     except RecursionError:
         raise CheckpointError(f"{path}: corrupt safetensors header: nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise CheckpointError(f"{path}: corrupt safetensors header: {exc}") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
     header.pop("__metadata__", None)

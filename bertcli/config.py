@@ -343,6 +343,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(str(exc).replace("<unicode string>", str(path))) from None
     except RecursionError:
         raise ConfigError(f"{path}: the YAML is nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}" if mark else "somewhere"
@@ -379,3 +381,5 @@ def read_json(path: Path, error: type = ConfigError) -> Any:
         raise error(f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}") from None
     except RecursionError:
         raise error(f"{path}: the JSON is nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise error(f"{path}: invalid JSON: {exc}") from None

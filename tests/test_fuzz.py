@@ -52,12 +52,17 @@ def result_or_error(fn, *args, **kwargs):
 
 
 # ------------------------------------------------------------ strategies
+HUGE = "9" * 4301  # an integer over Python's 4300-digit conversion limit (json.dumps cannot write one)
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
 json_values = st.recursive(json_scalars, lambda kids: st.lists(kids, max_size=4)
                            | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=12)
-TABLE_CHARS = st.sampled_from(list(',\t"\n\r \\{}[]:abc12\ufeff\x00é') + ["null", "label", "text"])
+TABLE_CHARS = st.sampled_from(list(',\t"\n\r \\{}[]:abc12\ufeff\x00é') + ["null", "label", "text", HUGE])
 table_text = st.lists(TABLE_CHARS, max_size=80).map("".join)
 any_text = st.text(max_size=200)  # any code point, lone surrogates included
+# JSON and YAML texts with such an integer
+huge_number_text = st.sampled_from(['{"data": %s}', "[%s]", '{"text": "a", "label": %s}', '{"hidden_size": %s}',
+                                    '{"w": {"dtype": "F32", "shape": [%s], "data_offsets": [0, 4]}}',
+                                    "epochs: %s", "model:\n  hidden_size: %s"]).map(lambda t: t % HUGE)
 
 
 # ------------------------------------------------------------ tables (CSV, TSV, JSONL)
@@ -131,7 +136,7 @@ def test_squad_any_json(obj, labelled):
     result_or_error(read_squad, str(put(json.dumps(obj), ".json")), labelled=labelled)
 
 
-@given(data=st.binary(max_size=200))
+@given(data=st.binary(max_size=200) | huge_number_text.map(str.encode))
 def test_squad_any_bytes(data):
     from bertcli.data.squad import read_squad
 
@@ -164,7 +169,7 @@ YAML_CHARS = st.sampled_from(list(":-\n \t[]{}'\"!&*#|>?,%@`") + ["!!python/obje
                                                                   "model", "lr", "epochs", "~", "é", "\x00"])
 
 
-@given(text=st.lists(YAML_CHARS, max_size=40).map("".join) | any_text)
+@given(text=st.lists(YAML_CHARS, max_size=40).map("".join) | any_text | huge_number_text)
 def test_yaml_loaders_any_text(text):
     from bertcli.config import load_yaml
     from bertcli.tasks.classification import options_from_yaml
@@ -194,7 +199,7 @@ def test_config_dicts(obj):
 
 
 @given(data=st.binary(max_size=200) | st.dictionaries(st.sampled_from(CONFIG_KEYS), config_value, max_size=8)
-       .map(lambda d: json.dumps(d).encode()))
+       .map(lambda d: json.dumps(d).encode()) | huge_number_text.map(str.encode))
 def test_checkpoint_config_json(data):
     """config.json of a checkpoint directory, read the way every command reads it."""
     from bertcli.checkpoint import load_checkpoint
@@ -225,10 +230,12 @@ def test_safetensors_header_structured(header, pad, length_delta):
     result_or_error(read_safetensors_header, put(struct.pack("<Q", n) + raw + pad, ".safetensors"))
 
 
-@given(data=st.binary(max_size=120), n=st.integers(0, 2**64 - 1) | st.integers(0, 200))
+@given(data=st.binary(max_size=120) | huge_number_text.map(str.encode), n=st.integers(0, 2**64 - 1)
+       | st.integers(0, 200))
 def test_safetensors_header_any_bytes(data, n):
     from bertcli.checkpoint import read_safetensors_header
 
+    result_or_error(read_safetensors_header, put(struct.pack("<Q", len(data)) + data, ".safetensors"))
     result_or_error(read_safetensors_header, put(data, ".safetensors"))
     result_or_error(read_safetensors_header, put(struct.pack("<Q", n) + data, ".safetensors"))
 
@@ -269,6 +276,24 @@ def test_found_jsonl_integer_of_5000_digits():
 
     with pytest.raises(BertcliError, match="line 1: invalid JSON"):
         read_table(put('{"text": ' + "9" * 5000 + "}", ".jsonl"))
+
+
+def test_found_integer_of_5000_digits_in_every_json_and_yaml_reader():
+    """json.loads / yaml raise a bare ValueError for an integer over 4300 digits."""
+    from bertcli.checkpoint import read_safetensors_header
+    from bertcli.config import load_yaml, read_json
+    from bertcli.data.squad import read_squad
+
+    big = "9" * 5000
+    with pytest.raises(BertcliError, match="invalid JSON"):
+        read_squad(str(put('{"data": ' + big + "}", ".json")))
+    with pytest.raises(BertcliError, match="invalid JSON"):
+        read_json(put('{"hidden_size": ' + big + "}", ".json"))
+    with pytest.raises(BertcliError, match="invalid YAML"):
+        load_yaml(put("epochs: " + big + "\n", ".yaml"))
+    raw = ('{"w": {"dtype": "F32", "shape": [' + big + '], "data_offsets": [0, 4]}}').encode()
+    with pytest.raises(BertcliError, match="corrupt safetensors header"):
+        read_safetensors_header(put(struct.pack("<Q", len(raw)) + raw + b"\0" * 4, ".safetensors"))
 
 
 @pytest.mark.parametrize("dtype", [[], {}, ["F32"]])

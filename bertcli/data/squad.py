@@ -174,6 +174,8 @@ def read_squad(path: str, *, labelled: bool = True, encoding: str = "utf-8") -> 
         raise DataError(f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise DataError(f"{path}: invalid JSON ({exc})") from None
     return parse_squad(obj, str(path), labelled=labelled)
 
 
