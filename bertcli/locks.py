@@ -29,6 +29,8 @@ class LockError(BertcliError):
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # not a process id (0 and -1 would address process groups)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

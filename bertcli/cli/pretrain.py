@@ -88,8 +88,8 @@ def command(
     from bertcli.tasks.pretraining import PretrainConfig, build_pretraining
     from bertcli.train import fit
 
-    check_outputs({"--out": out, "--cache-dir": cache_dir}, {"corpus": corpus, "--tokenizer": tokenizer, "--init-from": init_from})
     cfg = PretrainConfig.from_yaml(config) if config else PretrainConfig()
+    check_outputs({"--out": out, "--cache-dir": cache_dir}, {"corpus": corpus, "--tokenizer": tokenizer, "--init-from": init_from})
     data = dict(objective=objective, max_seq_length=max_seq_length, short_seq_prob=short_seq_prob,
                 eval_fraction=eval_fraction, documents=documents, encoding=encoding,
                 encoding_errors=encoding_errors, cache_dir=cache_dir)
