@@ -54,7 +54,7 @@ def command(
     registered = {c.name for c in app.registered_commands}
     info = {
         "path": str(ckpt.path),
-        "architecture": architecture_for(ckpt.state, ckpt.bertcli.get("task")) if weights else
+        "architecture": architecture_for(ckpt.state, ckpt.bertcli.get("task"), ckpt.config.family) if weights else
         (ckpt.hf_config.get("architectures") or ["?"])[0],
         "config": ckpt.config.to_dict(),
         "parameters": n_params,
