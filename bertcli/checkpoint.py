@@ -666,7 +666,7 @@ def save_checkpoint(
             tokenizer.save(tmp)
         if sentence:
             write_sentence_config(tmp, config.hidden_size, sentence["pooling"], sentence["normalize"],
-                                  sentence.get("max_seq_length") or config.max_positions)
+                                  sentence.get("max_seq_length") or config.max_length)
         for rel, data in (extra_files or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)

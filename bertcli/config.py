@@ -135,6 +135,13 @@ class BertConfig:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def for_family(cls, family: str, **values: Any) -> BertConfig:
+        """A config of ``family`` (a Hugging Face model_type) with the fields that family fixes."""
+        if family not in FAMILIES:
+            raise ConfigError(f"unknown model family '{family}'; valid families: {', '.join(FAMILIES)}")
+        return cls(**{**FAMILIES[family]["fixed"], "family": family, **values})
+
     # ----------------------------------------------------------------- dict / YAML
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> BertConfig:

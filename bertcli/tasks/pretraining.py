@@ -120,7 +120,7 @@ class PretrainingTask(Task):
 
         self.tok, self.config, self.data, self.masking = tokenizer, model_config, data, masking
         self.init_state, self.init_source = init_state, init_source
-        check_max_length(data.max_seq_length, model_config.max_positions, "--max-seq-length")
+        check_max_length(data.max_seq_length, model_config.max_length, "--max-seq-length")
         if tokenizer.vocab_size > model_config.vocab_size:
             raise TokenizerError(
                 f"the tokenizer has {tokenizer.vocab_size} tokens but the model has {model_config.vocab_size} "
