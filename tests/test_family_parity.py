@@ -186,3 +186,24 @@ def test_unsupported_model_type_lists_the_supported_ones():
     with pytest.raises(ConfigError, match="model_type is 'gpt2'; bertcli reads model_type bert, roberta, "
                                           "xlm-roberta, distilbert, albert, electra"):
         BertConfig.from_hf({"model_type": "gpt2"})
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_sentence_transformers_directory_of_each_family(tmp_path, family, minilm_dir):
+    """A sentence-embedding directory bertcli writes loads in sentence-transformers with the same vectors."""
+    st = pytest.importorskip("sentence_transformers")
+    from bertcli.embed import embed, load
+    from bertcli.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(minilm_dir)
+    values = {**_hf_config(family).to_dict(), "vocab_size": tok.vocab_size, "pad_token_id": tok.pad_id}
+    config = BertConfig.from_hf(values)
+    torch.manual_seed(0)
+    model = BertModel(config, with_pooler=family in ("roberta", "xlm-roberta", "albert"))
+    _perturb(model)
+    save_checkpoint(tmp_path, {f"bert.{k}": v for k, v in model.state_dict().items()}, config, tok,
+                    task="sentence-embedding", sentence={"pooling": "mean", "normalize": True, "max_seq_length": 32})
+    texts = ["a lovely film", "the quick brown fox jumps over the lazy dog", "hi"]
+    theirs = st.SentenceTransformer(str(tmp_path), device="cpu").encode(texts, convert_to_tensor=True)
+    ours = torch.as_tensor(embed(texts, load(str(tmp_path), device="cpu", precision="fp32")).vectors)
+    assert (ours - theirs).abs().max().item() <= 1e-5
