@@ -68,9 +68,13 @@ class BertConfig:
         for name in ("embedding_size", "num_hidden_groups"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"config field '{name}' must be a positive integer or null, got {getattr(self, name)}")
+        if self.embedding_size == self.hidden_size and not FAMILIES[self.family]["always_project"]:
+            object.__setattr__(self, "embedding_size", None)  # ELECTRA projects only when the sizes differ
         if self.type_vocab_size < 0:
             raise ConfigError(f"config field 'type_vocab_size' must be 0 (no token types) or more, got {self.type_vocab_size}")
-        for name, valid in (("family", tuple(FAMILIES)), ("position_scheme", POSITION_SCHEMES),
+        if self.family not in FAMILIES:
+            raise ConfigError(f"config field 'family' is {self.family!r}; valid values: {', '.join(FAMILIES)}")
+        for name, valid in ( ("position_scheme", POSITION_SCHEMES),
                             ("cls_head", CLS_HEADS), ("cls_head_activation", HEAD_ACTIVATIONS),
                             ("mlm_activation", (None, *ACTIVATIONS))):
             if getattr(self, name) not in valid:
@@ -150,6 +154,7 @@ class BertConfig:
             raise ConfigError(f"{source}: expected a mapping of config fields, got {type(data).__name__}")
         data = dict(data)
         preset = data.pop("preset", None)
+        arch = data.pop("arch", None)
         translated: dict[str, Any] = {}
         valid = {f.name for f in fields(cls)}
         for key, value in data.items():
@@ -158,10 +163,13 @@ class BertConfig:
                 value = _HF_ACT_IN.get(value, value)
             if name not in valid:
                 raise ConfigError(
-                    f"{source}: unknown key '{key}'; valid keys: preset, {', '.join(sorted(valid))}"
+                    f"{source}: unknown key '{key}'; valid keys: arch, preset, {', '.join(sorted(valid))}"
                 )
             translated[name] = value
         try:
+            if arch is not None:
+                translated = arch_values(str(arch), preset, translated)
+                preset = None
             if preset is not None:
                 return cls.preset(str(preset), **translated)
             return cls(**translated)
@@ -197,9 +205,6 @@ class BertConfig:
             if hf_key in hf and hf[hf_key] is not None:
                 values[name] = hf[hf_key]
         values["activation"] = _HF_ACT_IN[act]
-        if values.get("embedding_size") is not None and not fam["always_project"] and \
-                values["embedding_size"] == values.get("hidden_size", 768):
-            values["embedding_size"] = None  # ELECTRA projects only when the sizes differ
         if values.get("pad_token_id") is None:
             values["pad_token_id"] = 0
         try:
@@ -270,6 +275,40 @@ FAMILIES: dict[str, dict[str, Any]] = {
                           "mlm_activation": "gelu"},
                 "hf_fixed": {"position_embedding_type": "absolute"}},
 }
+
+# pretrain --arch: the family and its preset shape (a --preset / model: fields win over the shape)
+ARCHS: dict[str, dict[str, Any]] = {
+    "bert": {"family": "bert"},
+    "roberta": {"family": "roberta", "type_vocab_size": 1, "layer_norm_eps": 1e-5},
+    "albert": {"family": "albert", "embedding_size": 128, "num_hidden_groups": 1, "activation": "gelu_tanh"},
+    # ELECTRA-small's shape (discriminator): 12 layers, hidden 256, 4 heads, embeddings 128
+    "electra": {"family": "electra", "embedding_size": 128, "num_layers": 12, "hidden_size": 256, "num_heads": 4,
+                "intermediate_size": 1024},
+    "distilbert": {"family": "distilbert"},
+}
+_SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+
+
+def arch_values(arch: str, preset: str | None, values: dict[str, Any]) -> dict[str, Any]:
+    """Config fields for ``pretrain --arch``: the family's fixed fields, then the arch preset, then
+    ``preset`` (its shape replaces the arch's), then ``values``."""
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown arch '{arch}'; valid: {', '.join(ARCHS)}")
+    out = {**FAMILIES[ARCHS[arch]["family"]]["fixed"], **ARCHS[arch]}
+    if preset is None and not any(k in out or k in values for k in _SHAPE_FIELDS):
+        preset = "mini"  # as pretrain without --arch
+    if preset is not None or any(k in values for k in _SHAPE_FIELDS):
+        out = {k: v for k, v in out.items() if k not in _SHAPE_FIELDS}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
+        layers, hidden = PRESETS[preset]
+        out.update(num_layers=layers, hidden_size=hidden, num_heads=max(1, hidden // 64), intermediate_size=4 * hidden)
+    out.update(values)
+    if out.get("position_scheme") == "padding_offset" and "max_positions" not in values:
+        out["max_positions"] = 512 + int(out.get("pad_token_id", 0)) + 1  # 512 tokens past the pad id
+    return out
+
 
 # name -> (layers, hidden); heads = hidden / 64, intermediate = 4 * hidden
 PRESETS: dict[str, tuple[int, int]] = {
