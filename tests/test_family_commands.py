@@ -90,3 +90,94 @@ def test_family_through_the_commands(family, tmp_path, minilm_dir, sst2_rows, cl
     with torch.no_grad():
         theirs = hf(**kwargs).logits.softmax(-1)
     assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def _conll(path: Path, n: int) -> Path:
+    people, places = ["anna", "boris", "clara"], ["paris", "rome", "oslo"]
+    lines = []
+    for i in range(n):
+        who, where = people[i % 3], places[(i // 3) % 3]
+        lines += [f"yesterday\tO\n{who}\tB-person\nflew\tO\nto\tO\n{where}\tB-location\n.\tO\n\n"]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def _squad(path: Path, n: int) -> Path:
+    names, cities = ["anna", "boris", "clara", "david"], ["paris", "london", "berlin", "rome"]
+    paragraphs = []
+    for i in range(n):
+        who, where = names[i % 4], cities[(i // 4) % 4]
+        context = f"The weather was mild. {who.capitalize()} moved to {where.capitalize()} in spring."
+        start = context.index(where.capitalize())
+        paragraphs.append({"context": context, "qas": [{"id": f"q{i}", "question": f"Where did {who} move?",
+                                                        "answers": [{"text": where.capitalize(), "answer_start": start}]}]})
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "syn", "paragraphs": paragraphs}]}))
+    return path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_token_classification_qa_and_sentence_embeddings(family, tmp_path, minilm_dir, cli):
+    """finetune's other tasks on each family; transformers / sentence-transformers load the results."""
+    import torch
+
+    from bertcli.tokenizer import Tokenizer, pad_batch
+
+    model = make_family_model(tmp_path / "model", minilm_dir, family)
+    tok = Tokenizer.load(model)
+    common = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", "--precision", "fp32",
+              "--quiet"]
+    texts = ["anna flew to rome .", "where did boris move ?"]
+    enc = tok.encode_batch(texts, max_length=32)
+    ids, mask, types = pad_batch([e.ids for e in enc], [e.type_ids for e in enc], tok.pad_id)
+    kwargs = {"input_ids": ids, "attention_mask": mask}
+    if family in ("albert", "electra"):
+        kwargs["token_type_ids"] = types
+
+    ner = tmp_path / "ner"
+    conll = _conll(tmp_path / "train.conll", 12)
+    result = cli("finetune", "--task", "token-classification", "--model", model, "--train", conll, "--dev", conll,
+                 "--out", ner, *common)
+    assert result.exit_code == 0, result.output
+    assert json.loads((ner / "config.json").read_text())["architectures"] == [CLASSES[family] + "ForTokenClassification"]
+    from bertcli.tasks.token_classification import load_token_model
+
+    ours = load_token_model(ner).eval()
+    hf = transformers.AutoModelForTokenClassification.from_pretrained(ner).eval()
+    with torch.no_grad():
+        diff = (ours(ids, mask, types if family in ("albert", "electra") else None) - hf(**kwargs).logits)
+    assert diff[mask.bool()].abs().max().item() <= 1e-5
+
+    qa = tmp_path / "qa"
+    squad = _squad(tmp_path / "train.json", 16)
+    result = cli("finetune", "--task", "question-answering", "--model", model, "--train", squad, "--dev", squad,
+                 "--out", qa, "--max-length", "48", "--doc-stride", "8", "--max-query-length", "12", *common)
+    assert result.exit_code == 0, result.output
+    result = cli("answer", "--model", qa, "--question", "Where did anna move?", "--context",
+                 "Anna moved to Paris in spring.", "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    hf = transformers.AutoModelForQuestionAnswering.from_pretrained(qa).eval()
+    assert type(hf).__name__ == CLASSES[family] + "ForQuestionAnswering"
+    from bertcli.tasks.question_answering import load_qa_model
+
+    ours = load_qa_model(qa).eval()
+    with torch.no_grad():
+        start, end = ours(ids, mask, types if family in ("albert", "electra") else None)
+        theirs = hf(**kwargs)
+    assert (start - theirs.start_logits)[mask.bool()].abs().max().item() <= 1e-5
+    assert (end - theirs.end_logits)[mask.bool()].abs().max().item() <= 1e-5
+
+    sbert = tmp_path / "sbert"
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("a,b,score\n" + "".join(f"a lovely film {i},a great movie {i},0.9\n"
+                                             f"a lovely film {i},awful acting {i},0.1\n" for i in range(8)))
+    result = cli("finetune", "--task", "sentence-embedding", "--loss", "cosine", "--model", model, "--train", pairs,
+                 "--dev", pairs, "--text-column", "a", "--text-pair-column", "b", "--label-column", "score",
+                 "--out", sbert, *common)
+    assert result.exit_code == 0, result.output
+    st = pytest.importorskip("sentence_transformers")
+    from bertcli.embed import embed, load
+
+    want = st.SentenceTransformer(str(sbert), device="cpu").encode(texts, convert_to_tensor=True)
+    got = torch.as_tensor(embed(texts, load(str(sbert), device="cpu", precision="fp32")).vectors)
+    assert (got - want).abs().max().item() <= 1e-5
+    assert cli("similarity", "--model", sbert, "--json", *texts).exit_code == 0

@@ -136,3 +136,27 @@ def test_arch_through_the_cli(vocab, tmp_path, cli):
     result = cli("pretrain", CORPUS, "--tokenizer", vocab, "--arch", "gpt", "--out", tmp_path / "r2", "--quiet")
     assert result.exit_code == 1 and "unknown arch 'gpt'; valid: bert, roberta, albert, electra, distilbert" in \
         result.stderr
+
+
+@pytest.mark.parametrize(("family", "cls"), [("roberta", "RobertaForMaskedLM"), ("albert", "AlbertForPreTraining")])
+def test_pretrain_init_from_a_transformers_checkpoint(vocab, tmp_path, family, cls):
+    """--init-from a checkpoint transformers wrote: the family, its heads and its objective carry on."""
+    from bertcli.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(vocab)
+    config_cls = getattr(transformers, cls.replace("ForMaskedLM", "Config").replace("ForPreTraining", "Config"))
+    extra = {"embedding_size": 16} if family == "albert" else {"type_vocab_size": 1}
+    hf_cfg = config_cls(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_id, **extra)
+    getattr(transformers, cls)(hf_cfg).save_pretrained(tmp_path / "init", safe_serialization=True)
+    tok.save(tmp_path / "init")
+    from bertcli.tasks.pretraining import pretrain
+
+    pretrain([str(CORPUS)], str(tmp_path / "run"), init_from=str(tmp_path / "init"),
+             data_overrides={"max_seq_length": 32},
+             train_overrides={"max_steps": 2, "batch_size": 4, "device": "cpu", "precision": "fp32", "quiet": True})
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["model_type"] == family and cfg["architectures"] == [cls]
+    assert cfg["bertcli"]["objective"] == ("mlm+sop" if family == "albert" else "mlm")
+    _, info = getattr(transformers, cls).from_pretrained(tmp_path / "run", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
