@@ -83,7 +83,7 @@ def command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Pretrain BERT with masked-language modelling (and next-sentence prediction) on text files."""
+    """Pretrain a BERT-family encoder with masked-language modelling (and next-sentence or sentence-order prediction) on text files."""
     from bertcli.tasks.pretraining import PretrainConfig, build_pretraining
     from bertcli.train import fit
 
