@@ -68,18 +68,16 @@ class BertConfig:
         for name in ("embedding_size", "num_hidden_groups"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"config field '{name}' must be a positive integer or null, got {getattr(self, name)}")
-        if self.embedding_size == self.hidden_size and not FAMILIES[self.family]["always_project"]:
-            object.__setattr__(self, "embedding_size", None)  # ELECTRA projects only when the sizes differ
         if self.type_vocab_size < 0:
             raise ConfigError(f"config field 'type_vocab_size' must be 0 (no token types) or more, got {self.type_vocab_size}")
-        if self.family not in FAMILIES:
-            raise ConfigError(f"config field 'family' is {self.family!r}; valid values: {', '.join(FAMILIES)}")
-        for name, valid in ( ("position_scheme", POSITION_SCHEMES),
+        for name, valid in (("family", tuple(FAMILIES)), ("position_scheme", POSITION_SCHEMES),
                             ("cls_head", CLS_HEADS), ("cls_head_activation", HEAD_ACTIVATIONS),
                             ("mlm_activation", (None, *ACTIVATIONS))):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"config field '{name}' is {getattr(self, name)!r}; valid values: "
                                   f"{', '.join(str(v) for v in valid)}")
+        if self.embedding_size == self.hidden_size and not FAMILIES[self.family]["always_project"]:
+            object.__setattr__(self, "embedding_size", None)  # ELECTRA projects only when the sizes differ
         if self.hidden_size % self.num_heads != 0:
             divisors = [h for h in range(1, min(self.hidden_size, 64) + 1) if self.hidden_size % h == 0]
             raise ConfigError(
@@ -194,7 +192,7 @@ class BertConfig:
             raise ConfigError(f"{source}: position_embedding_type '{pet}' is not supported; only 'absolute'")
         if hf.get("sinusoidal_pos_embds"):
             raise ConfigError(f"{source}: sinusoidal_pos_embds true is not supported; only learned positions")
-        act_key = "activation" if model_type == "distilbert" else "hidden_act"
+        act_key = fam["act_key"]
         act = hf.get(act_key, "gelu")
         if act not in _HF_ACT_IN:
             raise ConfigError(
@@ -223,7 +221,7 @@ class BertConfig:
             ours["num_hidden_groups"] = self.num_hidden_groups or self.num_layers
         out: dict[str, Any] = {"model_type": self.family}
         out.update({hf_key: ours[name] for hf_key, name in fam["names"].items()})
-        out["activation" if self.family == "distilbert" else "hidden_act"] = ours["activation"]
+        out[fam["act_key"]] = ours["activation"]
         out.update(fam["hf_fixed"])
         out["tie_word_embeddings"] = True  # the MLM decoder is the word-embedding matrix
         return out
@@ -254,26 +252,23 @@ _DISTILBERT_NAMES = {
 _BERT_NAMES = {k: v for k, v in _HF_ALIASES.items() if k != "hidden_act"}
 _ROBERTA_FIXED = {"position_scheme": "padding_offset", "cls_head": "dense", "cls_head_activation": "tanh",
                   "mlm_activation": "gelu"}
-# model_type -> the family's config.json names (HF -> ours), the fields it fixes, and what to_hf adds.
+# model_type -> the family's config.json names (HF -> ours), its activation key, the fields it fixes,
+# whether its factorised embeddings are projected even at E == H (ALBERT), and what to_hf adds.
+_BERT_LIKE = {"act_key": "hidden_act", "always_project": False, "hf_fixed": {"position_embedding_type": "absolute"}}
 FAMILIES: dict[str, dict[str, Any]] = {
-    "bert": {"names": _BERT_NAMES, "fixed": {}, "always_project": False,
-             "hf_fixed": {"position_embedding_type": "absolute"}},
-    "roberta": {"names": _BERT_NAMES, "fixed": {"family": "roberta", **_ROBERTA_FIXED}, "always_project": False,
-                "hf_fixed": {"position_embedding_type": "absolute"}},
-    "xlm-roberta": {"names": _BERT_NAMES, "fixed": {"family": "xlm-roberta", **_ROBERTA_FIXED},
-                    "always_project": False, "hf_fixed": {"position_embedding_type": "absolute"}},
-    "distilbert": {"names": _DISTILBERT_NAMES, "always_project": False,
+    "bert": {**_BERT_LIKE, "names": _BERT_NAMES, "fixed": {}},
+    "roberta": {**_BERT_LIKE, "names": _BERT_NAMES, "fixed": {"family": "roberta", **_ROBERTA_FIXED}},
+    "xlm-roberta": {**_BERT_LIKE, "names": _BERT_NAMES, "fixed": {"family": "xlm-roberta", **_ROBERTA_FIXED}},
+    "distilbert": {"names": _DISTILBERT_NAMES, "act_key": "activation", "always_project": False,
                    "fixed": {"family": "distilbert", "type_vocab_size": 0, "layer_norm_eps": 1e-12,
                              "cls_head": "dense", "cls_head_activation": "relu"},
                    "hf_fixed": {"sinusoidal_pos_embds": False, "tie_weights_": True}},
-    "albert": {"names": {**_BERT_NAMES, "embedding_size": "embedding_size",
-                         "num_hidden_groups": "num_hidden_groups", "inner_group_num": "inner_group_num"},
-               "fixed": {"family": "albert"}, "always_project": True,
-               "hf_fixed": {"position_embedding_type": "absolute"}},
-    "electra": {"names": {**_BERT_NAMES, "embedding_size": "embedding_size"}, "always_project": False,
+    "albert": {**_BERT_LIKE, "always_project": True, "fixed": {"family": "albert"},
+               "names": {**_BERT_NAMES, "embedding_size": "embedding_size",
+                         "num_hidden_groups": "num_hidden_groups", "inner_group_num": "inner_group_num"}},
+    "electra": {**_BERT_LIKE, "names": {**_BERT_NAMES, "embedding_size": "embedding_size"},
                 "fixed": {"family": "electra", "cls_head": "dense", "cls_head_activation": "gelu",
-                          "mlm_activation": "gelu"},
-                "hf_fixed": {"position_embedding_type": "absolute"}},
+                          "mlm_activation": "gelu"}},
 }
 
 # pretrain --arch: the family and its preset shape (a --preset / model: fields win over the shape)
