@@ -58,6 +58,8 @@ class BertConfig:
     cls_head: str = "pooler"  # sequence classifier on the pooler (BERT, ALBERT) or a dense head on <s>
     cls_head_activation: str = "tanh"  # the dense head's activation (RoBERTa tanh, ELECTRA gelu, DistilBERT relu)
     mlm_activation: str | None = None  # the MLM head's activation; None = activation
+    classifier_dropout: float | None = None  # classifier heads' dropout; None = hidden_dropout
+    cls_head_input_dropout: bool = True  # dropout before the dense head too (RoBERTa, ELECTRA; not DistilBERT)
 
     def __post_init__(self) -> None:
         _check_types(self, "BertConfig")
@@ -88,9 +90,9 @@ class BertConfig:
             raise ConfigError(
                 f"config field 'activation' is '{self.activation}'; valid values: {', '.join(ACTIVATIONS)}"
             )
-        for name in ("hidden_dropout", "attention_dropout"):
+        for name in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
+            if value is not None and not 0.0 <= value < 1.0:
                 raise ConfigError(f"config field '{name}' must be in [0, 1), got {value}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(
@@ -220,7 +222,7 @@ class BertConfig:
         if "num_hidden_groups" in fam["names"].values():
             ours["num_hidden_groups"] = self.num_hidden_groups or self.num_layers
         out: dict[str, Any] = {"model_type": self.family}
-        out.update({hf_key: ours[name] for hf_key, name in fam["names"].items()})
+        out.update({hf_key: ours[name] for hf_key, name in fam["names"].items() if ours[name] is not None})
         out[fam["act_key"]] = ours["activation"]
         out.update(fam["hf_fixed"])
         out["tie_word_embeddings"] = True  # the MLM decoder is the word-embedding matrix
@@ -247,9 +249,9 @@ _DISTILBERT_NAMES = {
     "vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_layers", "n_heads": "num_heads",
     "hidden_dim": "intermediate_size", "max_position_embeddings": "max_positions", "dropout": "hidden_dropout",
     "attention_dropout": "attention_dropout", "pad_token_id": "pad_token_id",
-    "initializer_range": "initializer_range",
+    "initializer_range": "initializer_range", "seq_classif_dropout": "classifier_dropout",
 }
-_BERT_NAMES = {k: v for k, v in _HF_ALIASES.items() if k != "hidden_act"}
+_BERT_NAMES = {**{k: v for k, v in _HF_ALIASES.items() if k != "hidden_act"}, "classifier_dropout": "classifier_dropout"}
 _ROBERTA_FIXED = {"position_scheme": "padding_offset", "cls_head": "dense", "cls_head_activation": "tanh",
                   "mlm_activation": "gelu"}
 # model_type -> the family's config.json names (HF -> ours), its activation key, the fields it fixes,
@@ -261,10 +263,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "xlm-roberta": {**_BERT_LIKE, "names": _BERT_NAMES, "fixed": {"family": "xlm-roberta", **_ROBERTA_FIXED}},
     "distilbert": {"names": _DISTILBERT_NAMES, "act_key": "activation", "always_project": False,
                    "fixed": {"family": "distilbert", "type_vocab_size": 0, "layer_norm_eps": 1e-12,
-                             "cls_head": "dense", "cls_head_activation": "relu"},
+                             "cls_head": "dense", "cls_head_activation": "relu", "cls_head_input_dropout": False},
                    "hf_fixed": {"sinusoidal_pos_embds": False, "tie_weights_": True}},
     "albert": {**_BERT_LIKE, "always_project": True, "fixed": {"family": "albert"},
-               "names": {**_BERT_NAMES, "embedding_size": "embedding_size",
+               "names": {**_BERT_NAMES, "classifier_dropout_prob": "classifier_dropout", "embedding_size": "embedding_size",
                          "num_hidden_groups": "num_hidden_groups", "inner_group_num": "inner_group_num"}},
     "electra": {**_BERT_LIKE, "names": {**_BERT_NAMES, "embedding_size": "embedding_size"},
                 "fixed": {"family": "electra", "cls_head": "dense", "cls_head_activation": "gelu",

@@ -22,6 +22,14 @@ from bertcli.model import BertModel, activation, init_weights
 POOLINGS = ("cls", "mean", "max")
 
 
+def head_dropout(config: BertConfig, override: float | None = None) -> float:
+    """A classifier head's dropout: the caller's, the checkpoint's ``classifier_dropout``, or hidden_dropout."""
+    for p in (override, config.classifier_dropout):
+        if p is not None:
+            return p
+    return config.hidden_dropout
+
+
 def head_activation(name: str) -> nn.Module:
     return nn.Tanh() if name == "tanh" else activation(name)
 
@@ -104,9 +112,10 @@ class BertForSequenceClassification(nn.Module):
         self.config = config
         dense = config.cls_head == "dense"
         self.bert = BertModel(config, with_pooler=not dense)
-        self.dropout = nn.Dropout(config.hidden_dropout if classifier_dropout is None else classifier_dropout)
+        self.dropout = nn.Dropout(head_dropout(config, classifier_dropout))
         self.pre_classifier = nn.Linear(config.hidden_size, config.hidden_size) if dense else None
         self.pre_act = head_activation(config.cls_head_activation)
+        self.pre_dropout = self.dropout if config.cls_head_input_dropout else nn.Identity()
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self.sentence = self._dense if dense else self._pooled
         init_weights(self, config.initializer_range)
@@ -115,7 +124,7 @@ class BertForSequenceClassification(nn.Module):
         return self.bert.pooler(hidden)  # (B, H)
 
     def _dense(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.pre_act(self.pre_classifier(self.dropout(hidden[:, 0])))  # (B, H)
+        return self.pre_act(self.pre_classifier(self.pre_dropout(hidden[:, 0])))  # (B, H)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
@@ -129,7 +138,7 @@ class BertForTokenClassification(nn.Module):
         super().__init__()
         self.config = config
         self.bert = BertModel(config, with_pooler=False)
-        self.dropout = nn.Dropout(config.hidden_dropout if classifier_dropout is None else classifier_dropout)
+        self.dropout = nn.Dropout(head_dropout(config, classifier_dropout))
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_weights(self, config.initializer_range)
 
