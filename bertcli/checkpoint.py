@@ -167,100 +167,162 @@ def write_weights(tensors: dict[str, Any], path: Path, metadata: dict[str, str] 
 
 
 # ============================================================ name mapping
-# (our suffix, Hugging Face suffix) inside one encoder layer
-_LAYER_MAP = [
-    ("attn.out.weight", "attention.output.dense.weight"),
-    ("attn.out.bias", "attention.output.dense.bias"),
-    ("attn.norm.weight", "attention.output.LayerNorm.weight"),
-    ("attn.norm.bias", "attention.output.LayerNorm.bias"),
-    ("ffn.up.weight", "intermediate.dense.weight"),
-    ("ffn.up.bias", "intermediate.dense.bias"),
-    ("ffn.down.weight", "output.dense.weight"),
-    ("ffn.down.bias", "output.dense.bias"),
-    ("ffn.norm.weight", "output.LayerNorm.weight"),
-    ("ffn.norm.bias", "output.LayerNorm.bias"),
-]
-_ENCODER_MAP = [
+# One table per family: ours <-> Hugging Face, read both ways. Our names are the same for every
+# family (``bert.`` encoder, ``layers.{k}`` for the k-th built layer, heads by attribute name).
+def _wb(ours: str, hf: str) -> list[tuple[str, str]]:
+    return [(f"{ours}.weight", f"{hf}.weight"), (f"{ours}.bias", f"{hf}.bias")]
+
+
+def _pairs(*modules: tuple[str, str]) -> list[tuple[str, str]]:
+    return [pair for ours, hf in modules for pair in _wb(ours, hf)]
+
+
+@dataclass(frozen=True)
+class FamilyNames:
+    """A family's Hugging Face names: prefix, embeddings/pooler, one layer, heads, architectures."""
+
+    prefix: str  # the encoder's attribute in *For* models: bert., roberta., ...
+    classes: str  # architectures prefix: Bert -> BertForMaskedLM, ...
+    encoder: list[tuple[str, str]]  # (ours under bert., HF under the prefix)
+    layer: str  # HF path of built layer {i} (ALBERT: {g} group, {j} layer in it)
+    qkv: tuple[str, str, str]  # HF query, key, value module names inside a layer
+    layer_map: list[tuple[str, str]]
+    heads: list[tuple[str, str]]  # (ours, HF) at the top level; several HF names may read into one of ours
+    dense_heads: list[tuple[str, str]] = field(default_factory=list)  # written instead when pre_classifier exists
+    decoder: str = ""  # the tied MLM decoder weight (not ours to keep: it is the word embeddings)
+    pretraining: tuple[str, ...] = ("mlm", "nsp")  # heads of *ForPreTraining; () = the family has none
+
+    def layer_name(self, i: int, inner: int) -> str:
+        return self.layer.format(i=i, g=i // inner, j=i % inner)
+
+
+_EMBEDDINGS = _pairs(("embeddings.norm", "embeddings.LayerNorm")) + [
     ("embeddings.word.weight", "embeddings.word_embeddings.weight"),
     ("embeddings.position.weight", "embeddings.position_embeddings.weight"),
     ("embeddings.token_type.weight", "embeddings.token_type_embeddings.weight"),
-    ("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
-    ("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
-    ("pooler.dense.weight", "pooler.dense.weight"),
-    ("pooler.dense.bias", "pooler.dense.bias"),
 ]
-_HEAD_MAP = [
-    ("mlm.dense.weight", "cls.predictions.transform.dense.weight"),
-    ("mlm.dense.bias", "cls.predictions.transform.dense.bias"),
-    ("mlm.norm.weight", "cls.predictions.transform.LayerNorm.weight"),
-    ("mlm.norm.bias", "cls.predictions.transform.LayerNorm.bias"),
-    ("mlm.bias", "cls.predictions.bias"),
-    ("nsp.weight", "cls.seq_relationship.weight"),
-    ("nsp.bias", "cls.seq_relationship.bias"),
-    ("classifier.weight", "classifier.weight"),
-    ("classifier.bias", "classifier.bias"),
-    ("qa.weight", "qa_outputs.weight"),
-    ("qa.bias", "qa_outputs.bias"),
-]
-_HEAD_OURS = dict(_HEAD_MAP)
-_HEAD_HF = {hf: ours for ours, hf in _HEAD_MAP}
-_ENC_OURS = dict(_ENCODER_MAP)
-_ENC_HF = {hf: ours for ours, hf in _ENCODER_MAP}
-_LAYER_OURS = dict(_LAYER_MAP)
-_LAYER_HF = {hf: ours for ours, hf in _LAYER_MAP}
+_POOLER = _pairs(("pooler.dense", "pooler.dense"))
+_BERT_LAYER = _pairs(("attn.out", "attention.output.dense"), ("attn.norm", "attention.output.LayerNorm"),
+                     ("ffn.up", "intermediate.dense"), ("ffn.down", "output.dense"),
+                     ("ffn.norm", "output.LayerNorm"))
+_SPAN = _pairs(("classifier", "classifier"), ("qa", "qa_outputs"))
+_DENSE_CLS = _pairs(("pre_classifier", "classifier.dense"), ("classifier", "classifier.out_proj"))
+_ROBERTA = dict(
+    prefix="roberta", encoder=_EMBEDDINGS + _POOLER, layer="encoder.layer.{i}.",
+    qkv=("attention.self.query", "attention.self.key", "attention.self.value"), layer_map=_BERT_LAYER,
+    heads=_pairs(("mlm.dense", "lm_head.dense"), ("mlm.norm", "lm_head.layer_norm")) + [
+        ("mlm.bias", "lm_head.bias"), ("mlm.bias", "lm_head.decoder.bias")] + _SPAN + _DENSE_CLS,
+    dense_heads=_DENSE_CLS, decoder="lm_head.decoder.weight", pretraining=(),
+)
+FAMILY_NAMES: dict[str, FamilyNames] = {
+    "bert": FamilyNames(
+        prefix="bert", classes="Bert", encoder=_EMBEDDINGS + _POOLER, layer="encoder.layer.{i}.",
+        qkv=("attention.self.query", "attention.self.key", "attention.self.value"), layer_map=_BERT_LAYER,
+        heads=_pairs(("mlm.dense", "cls.predictions.transform.dense"),
+                     ("mlm.norm", "cls.predictions.transform.LayerNorm"), ("nsp", "cls.seq_relationship"))
+        + [("mlm.bias", "cls.predictions.bias"), ("mlm.bias", "cls.predictions.decoder.bias")] + _SPAN,
+        decoder="cls.predictions.decoder.weight",
+    ),
+    "roberta": FamilyNames(classes="Roberta", **_ROBERTA),
+    "xlm-roberta": FamilyNames(classes="XLMRoberta", **_ROBERTA),
+    "distilbert": FamilyNames(
+        prefix="distilbert", classes="DistilBert", layer="transformer.layer.{i}.",
+        encoder=[p for p in _EMBEDDINGS if "token_type" not in p[0]],
+        qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        layer_map=_pairs(("attn.out", "attention.out_lin"), ("attn.norm", "sa_layer_norm"), ("ffn.up", "ffn.lin1"),
+                         ("ffn.down", "ffn.lin2"), ("ffn.norm", "output_layer_norm")),
+        heads=_pairs(("mlm.dense", "vocab_transform"), ("mlm.norm", "vocab_layer_norm"),
+                     ("pre_classifier", "pre_classifier")) + [("mlm.bias", "vocab_projector.bias")] + _SPAN,
+        decoder="vocab_projector.weight", pretraining=(),
+    ),
+    "albert": FamilyNames(
+        prefix="albert", classes="Albert", layer="encoder.albert_layer_groups.{g}.albert_layers.{j}.",
+        encoder=_EMBEDDINGS + _pairs(("pooler.dense", "pooler"),
+                                     ("embeddings.project", "encoder.embedding_hidden_mapping_in")),
+        qkv=("attention.query", "attention.key", "attention.value"),
+        layer_map=_pairs(("attn.out", "attention.dense"), ("attn.norm", "attention.LayerNorm"), ("ffn.up", "ffn"),
+                         ("ffn.down", "ffn_output"), ("ffn.norm", "full_layer_layer_norm")),
+        heads=_pairs(("mlm.dense", "predictions.dense"), ("mlm.norm", "predictions.LayerNorm"),
+                     ("nsp", "sop_classifier.classifier"))
+        + [("mlm.bias", "predictions.bias"), ("mlm.bias", "predictions.decoder.bias")] + _SPAN,
+        decoder="predictions.decoder.weight",
+    ),
+    "electra": FamilyNames(
+        prefix="electra", classes="Electra", layer="encoder.layer.{i}.",
+        encoder=_EMBEDDINGS + _pairs(("embeddings.project", "embeddings_project")),
+        qkv=("attention.self.query", "attention.self.key", "attention.self.value"), layer_map=_BERT_LAYER,
+        heads=_pairs(("mlm.dense", "generator_predictions.dense"), ("mlm.norm", "generator_predictions.LayerNorm"),
+                     ("rtd.dense", "discriminator_predictions.dense"),
+                     ("rtd.out", "discriminator_predictions.dense_prediction"))
+        + [("mlm.bias", "generator_lm_head.bias")] + _SPAN + _DENSE_CLS,
+        dense_heads=_DENSE_CLS, decoder="generator_lm_head.weight", pretraining=("rtd",),
+    ),
+}
 _QKV = ("query", "key", "value")
-# Hugging Face names that carry no weights we need.
-_IGNORED_HF = re.compile(r"(^|\.)position_ids$")
-_DECODER_WEIGHT = "cls.predictions.decoder.weight"
+# Hugging Face names that carry no weights we need (buffers).
+_IGNORED_HF = re.compile(r"(^|\.)(position_ids|token_type_ids)$")
 
 
-def hf_to_ours(hf_state: dict[str, Any], source: str = "weights") -> dict[str, Any]:
-    """Map a Hugging Face BERT state dict (any head, with or without ``bert.``) to bertcli names.
+def family_names(config: BertConfig | None) -> FamilyNames:
+    return FAMILY_NAMES[config.family if config is not None else "bert"]
 
-    Encoder tensors land under ``bert.``; heads under ``mlm.``, ``nsp.``, ``classifier.``, ``qa.``.
-    Separate query/key/value projections are fused into ``qkv``.
+
+def hf_to_ours(hf_state: dict[str, Any], source: str = "weights", config: BertConfig | None = None) -> dict[str, Any]:
+    """Map a Hugging Face state dict of ``config``'s family (any head, with or without the encoder
+    prefix) to bertcli names.
+
+    Encoder tensors land under ``bert.``; heads under ``mlm.``, ``nsp.``, ``pre_classifier.``,
+    ``classifier.``, ``qa.``, ``rtd.``. Separate query/key/value projections are fused into ``qkv``.
     """
     import torch
 
+    fam = family_names(config)
+    inner_n = config.inner_group_num if config is not None else 1
+    heads = {hf: ours for ours, hf in fam.heads}
+    encoder = {hf: ours for ours, hf in fam.encoder}
+    layer_re = re.compile(re.escape(fam.layer).replace(r"\{i\}", r"(?P<i>\d+)")
+                          .replace(r"\{g\}", r"(?P<g>\d+)").replace(r"\{j\}", r"(?P<j>\d+)") + "(.+)")
+    layer_map = {hf: ours for ours, hf in fam.layer_map}
+    qkv_re = re.compile("(" + "|".join(re.escape(q) for q in fam.qkv) + r")\.(weight|bias)")
     ours: dict[str, Any] = {}
     qkv: dict[tuple[int, str], dict[str, Any]] = {}
     unknown = []
     decoder = None
-    for name, tensor in hf_state.items():
+    for name in hf_state:
+        tensor = hf_state[name]
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         if _IGNORED_HF.search(name):
             continue
-        if name == _DECODER_WEIGHT:
+        if name == fam.decoder:
             decoder = tensor
             continue
-        if name == "cls.predictions.decoder.bias":
-            ours.setdefault("mlm.bias", tensor)
+        if name in heads:
+            ours.setdefault(heads[name], tensor)
             continue
-        if name in _HEAD_HF:
-            ours[_HEAD_HF[name]] = tensor
+        inner = name[len(fam.prefix) + 1:] if name.startswith(fam.prefix + ".") else name
+        if inner in encoder:
+            ours["bert." + encoder[inner]] = tensor
             continue
-        inner = name[5:] if name.startswith("bert.") else name
-        if inner in _ENC_HF:
-            ours["bert." + _ENC_HF[inner]] = tensor
-            continue
-        m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", inner)
+        m = layer_re.fullmatch(inner)
         if m:
-            i, rest = int(m.group(1)), m.group(2)
-            q = re.fullmatch(r"attention\.self\.(query|key|value)\.(weight|bias)", rest)
+            d = m.groupdict()
+            i = int(d["i"]) if d.get("i") is not None else int(d["g"]) * inner_n + int(d["j"])
+            rest = m.group(m.lastindex)
+            q = qkv_re.fullmatch(rest)
             if q:
-                qkv.setdefault((i, q.group(2)), {})[q.group(1)] = tensor
+                qkv.setdefault((i, q.group(2)), {})[_QKV[fam.qkv.index(q.group(1))]] = tensor
                 continue
-            if rest in _LAYER_HF:
-                ours[f"bert.layers.{i}.{_LAYER_HF[rest]}"] = tensor
+            if rest in layer_map:
+                ours[f"bert.layers.{i}.{layer_map[rest]}"] = tensor
                 continue
         unknown.append(name)
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise CheckpointError(f"{source}: unexpected tensor names (not a BERT checkpoint?): {shown}")
+        raise CheckpointError(f"{source}: unexpected tensor names (not a {fam.classes} checkpoint?): {shown}")
     for (i, kind), parts in qkv.items():
         missing = [p for p in _QKV if p not in parts]
         if missing:
-            raise CheckpointError(f"{source}: layer {i} lacks attention.self.{missing[0]}.{kind}")
+            raise CheckpointError(f"{source}: layer {i} lacks {fam.qkv[_QKV.index(missing[0])]}.{kind}")
         ours[f"bert.layers.{i}.attn.qkv.{kind}"] = torch.cat([parts[p] for p in _QKV], dim=0)
     words = ours.get("bert.embeddings.word.weight")
     if decoder is not None and words is not None and not (
@@ -273,54 +335,66 @@ def hf_to_ours(hf_state: dict[str, Any], source: str = "weights") -> dict[str, A
     return ours
 
 
-def ours_to_hf(state: dict[str, Any], prefix: bool) -> dict[str, Any]:
-    """Map bertcli names to Hugging Face names; ``prefix`` puts the encoder under ``bert.``."""
+def ours_to_hf(state: dict[str, Any], prefix: bool, config: BertConfig | None = None) -> dict[str, Any]:
+    """Map bertcli names to ``config``'s family's Hugging Face names; ``prefix`` puts the encoder
+    under the family's prefix (``bert.``, ``roberta.``, ...)."""
+    fam = family_names(config)
+    inner_n = config.inner_group_num if config is not None else 1
+    heads: dict[str, str] = {}
+    if "pre_classifier.weight" in state:
+        heads.update(dict(fam.dense_heads))
+    for ours_name, hf in fam.heads:
+        heads.setdefault(ours_name, hf)
+    encoder = dict(fam.encoder)
+    layer_map = dict(fam.layer_map)
     out: dict[str, Any] = {}
-    pre = "bert." if prefix else ""
+    pre = fam.prefix + "." if prefix else ""
     for name, tensor in state.items():
-        if name in _HEAD_OURS:
-            out[_HEAD_OURS[name]] = tensor
+        if name in heads:
+            out[heads[name]] = tensor
             continue
-        if not name.startswith("bert."):
-            raise CheckpointError(f"internal: no Hugging Face name for parameter '{name}'")
-        inner = name[5:]
-        if inner in _ENC_OURS:
-            out[pre + _ENC_OURS[inner]] = tensor
+        inner = name[5:] if name.startswith("bert.") else None
+        if inner in encoder:
+            out[pre + encoder[inner]] = tensor
             continue
-        m = re.fullmatch(r"layers\.(\d+)\.(.+)", inner)
-        if not m:
-            raise CheckpointError(f"internal: no Hugging Face name for parameter '{name}'")
-        i, rest = m.group(1), m.group(2)
-        q = re.fullmatch(r"attn\.qkv\.(weight|bias)", rest)
+        m = re.fullmatch(r"layers\.(\d+)\.(.+)", inner or "")
+        if not m or (m.group(2) not in layer_map and not m.group(2).startswith("attn.qkv.")):
+            raise CheckpointError(f"internal: no {fam.classes} name for parameter '{name}'")
+        layer = pre + fam.layer_name(int(m.group(1)), inner_n)
+        q = re.fullmatch(r"attn\.qkv\.(weight|bias)", m.group(2))
         if q:
-            for part, chunk in zip(_QKV, tensor.chunk(3, dim=0), strict=True):
-                out[f"{pre}encoder.layer.{i}.attention.self.{part}.{q.group(1)}"] = chunk
+            for part, chunk in zip(fam.qkv, tensor.chunk(3, dim=0), strict=True):
+                out[f"{layer}{part}.{q.group(1)}"] = chunk
         else:
-            out[f"{pre}encoder.layer.{i}.{_LAYER_OURS[rest]}"] = tensor
+            out[layer + layer_map[m.group(2)]] = tensor
     return out
 
 
 def heads_in(state: dict[str, Any]) -> set[str]:
-    """Which parts a bertcli-named state holds: 'pooler', 'mlm', 'nsp', 'classifier', 'qa'."""
+    """Which parts a bertcli-named state holds: 'pooler', 'mlm', 'nsp', 'pre_classifier', 'classifier',
+    'qa', 'rtd'."""
     parts = {n.split(".")[0] for n in state if not n.startswith("bert.")}
     if "bert.pooler.dense.weight" in state:
         parts.add("pooler")
     return parts
 
 
-def architecture_for(state: dict[str, Any], task: str | None = None) -> str:
+def architecture_for(state: dict[str, Any], task: str | None = None, family: str = "bert") -> str:
+    """The family's transformers class for these weights (``RobertaForSequenceClassification``, ...)."""
+    fam = FAMILY_NAMES[family]
     parts = heads_in(state)
     if "qa" in parts:
-        return "BertForQuestionAnswering"
-    if "classifier" in parts:
-        if task == "token-classification" or (task is None and "pooler" not in parts):
-            return "BertForTokenClassification"
-        return "BertForSequenceClassification"
-    if "mlm" in parts and "nsp" in parts:
-        return "BertForPreTraining"
-    if "mlm" in parts:
-        return "BertForMaskedLM"
-    return "BertModel"
+        kind = "ForQuestionAnswering"
+    elif "classifier" in parts:
+        token = task == "token-classification" or (task is None and not parts & {"pooler", "pre_classifier"})
+        kind = "ForTokenClassification" if token else "ForSequenceClassification"
+    elif fam.pretraining and set(fam.pretraining) <= parts:
+        kind = "ForPreTraining"
+    elif "mlm" in parts:
+        kind = "ForMaskedLM"
+    else:
+        kind = "Model"
+    return fam.classes + kind
 
 
 # ============================================================ checkpoint directories
@@ -391,7 +465,7 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> Checkpoint:
         if not wfile.is_file():
             _refuse_pickle(path)
             raise CheckpointError(f"{path}: no {WEIGHTS_NAME}; is this a checkpoint directory?")
-        state = hf_to_ours(read_weights(wfile), source=str(wfile))
+        state = hf_to_ours(read_weights(wfile), source=str(wfile), config=config)
         check_shapes(state, config, str(wfile))
     return Checkpoint(
         path=path, config=config, hf_config=hf, state=state,
@@ -400,18 +474,23 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> Checkpoint:
 
 
 def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    H, inter = config.hidden_size, config.intermediate_size
+    H, inter, E = config.hidden_size, config.intermediate_size, config.word_size
     shapes: dict[str, tuple[int, ...]] = {
-        "bert.embeddings.word.weight": (config.vocab_size, H),
-        "bert.embeddings.position.weight": (config.max_positions, H),
-        "bert.embeddings.token_type.weight": (config.type_vocab_size, H),
-        "bert.embeddings.norm.weight": (H,), "bert.embeddings.norm.bias": (H,),
+        "bert.embeddings.word.weight": (config.vocab_size, E),
+        "bert.embeddings.position.weight": (config.max_positions, E),
+        "bert.embeddings.norm.weight": (E,), "bert.embeddings.norm.bias": (E,),
         "bert.pooler.dense.weight": (H, H), "bert.pooler.dense.bias": (H,),
-        "mlm.dense.weight": (H, H), "mlm.dense.bias": (H,), "mlm.norm.weight": (H,), "mlm.norm.bias": (H,),
+        "mlm.dense.weight": (E, H), "mlm.dense.bias": (E,), "mlm.norm.weight": (E,), "mlm.norm.bias": (E,),
         "mlm.bias": (config.vocab_size,), "nsp.weight": (2, H), "nsp.bias": (2,),
-        "qa.weight": (2, H), "qa.bias": (2,),
+        "qa.weight": (2, H), "qa.bias": (2,), "pre_classifier.weight": (H, H), "pre_classifier.bias": (H,),
+        "rtd.dense.weight": (H, H), "rtd.dense.bias": (H,), "rtd.out.weight": (1, H), "rtd.out.bias": (1,),
     }
-    for i in range(config.num_layers):
+    if config.type_vocab_size:
+        shapes["bert.embeddings.token_type.weight"] = (config.type_vocab_size, E)
+    if config.embedding_size is not None:
+        shapes["bert.embeddings.project.weight"] = (H, E)
+        shapes["bert.embeddings.project.bias"] = (H,)
+    for i in range(config.num_built_layers):
         p = f"bert.layers.{i}."
         shapes.update({
             p + "attn.qkv.weight": (3 * H, H), p + "attn.qkv.bias": (3 * H,),
@@ -438,8 +517,8 @@ def check_shapes(state: dict[str, Any], config: BertConfig, source: str) -> None
     for name, tensor in state.items():
         if name.startswith("classifier."):
             continue  # size depends on the label count; checked by the task
-        if name.startswith("bert.layers.") and int(name.split(".")[2]) >= config.num_layers:
-            problems.append(f"{name} is beyond num_hidden_layers={config.num_layers}")
+        if name.startswith("bert.layers.") and int(name.split(".")[2]) >= config.num_built_layers:
+            problems.append(f"{name} is beyond num_hidden_layers={config.num_built_layers}")
             continue
         want = shapes.get(name)
         if want is not None and tuple(tensor.shape) != want:
@@ -568,10 +647,10 @@ def save_checkpoint(
         raise CheckpointError(f"{parent}: cannot create the output directory ({exc.strerror})") from None
     if not os.access(parent, os.W_OK):
         raise CheckpointError(f"{parent}: output directory is not writable")
-    arch = architecture_for(state, task)
+    arch = architecture_for(state, task, config.family)
     tmp = temp_dir_for(path)
     try:
-        hf_state = ours_to_hf(state, prefix=arch != "BertModel")
+        hf_state = ours_to_hf(state, prefix=not arch.endswith("Model"), config=config)
         write_weights(hf_state, tmp / WEIGHTS_NAME)
         hf = config.to_hf()
         hf["architectures"] = [arch]
@@ -589,7 +668,7 @@ def save_checkpoint(
             tokenizer.save(tmp)
         if sentence:
             write_sentence_config(tmp, config.hidden_size, sentence["pooling"], sentence["normalize"],
-                                  sentence.get("max_seq_length") or config.max_positions)
+                                  sentence.get("max_seq_length") or config.max_length)
         for rel, data in (extra_files or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)

@@ -24,6 +24,9 @@ import yaml
 from bertcli.errors import ConfigError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+HEAD_ACTIVATIONS = ("tanh", *ACTIVATIONS)
+POSITION_SCHEMES = ("absolute", "padding_offset")
+CLS_HEADS = ("pooler", "dense")
 # Hugging Face spellings of the activations we implement.
 _HF_ACT_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 _HF_ACT_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
@@ -46,13 +49,37 @@ class BertConfig:
     attention_dropout: float = 0.1
     pad_token_id: int = 0
     initializer_range: float = 0.02
+    # --- what tells the members of the family apart (BERT's values by default; see FAMILIES)
+    family: str = "bert"  # the Hugging Face model_type, kept on export
+    position_scheme: str = "absolute"  # or "padding_offset": RoBERTa's ids, counted from pad_token_id + 1
+    embedding_size: int | None = None  # ALBERT / ELECTRA factorised embeddings (projected to hidden); None = hidden
+    num_hidden_groups: int | None = None  # ALBERT layer sharing: distinct layer groups; None = one per layer
+    inner_group_num: int = 1  # ALBERT: layers in each group
+    cls_head: str = "pooler"  # sequence classifier on the pooler (BERT, ALBERT) or a dense head on <s>
+    cls_head_activation: str = "tanh"  # the dense head's activation (RoBERTa tanh, ELECTRA gelu, DistilBERT relu)
+    mlm_activation: str | None = None  # the MLM head's activation; None = activation
+    classifier_dropout: float | None = None  # classifier heads' dropout; None = hidden_dropout
+    cls_head_input_dropout: bool = True  # dropout before the dense head too (RoBERTa, ELECTRA; not DistilBERT)
 
     def __post_init__(self) -> None:
         _check_types(self, "BertConfig")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_positions", "type_vocab_size"):
+                     "max_positions", "inner_group_num"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field '{name}' must be a positive integer, got {getattr(self, name)}")
+        for name in ("embedding_size", "num_hidden_groups"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"config field '{name}' must be a positive integer or null, got {getattr(self, name)}")
+        if self.type_vocab_size < 0:
+            raise ConfigError(f"config field 'type_vocab_size' must be 0 (no token types) or more, got {self.type_vocab_size}")
+        for name, valid in (("family", tuple(FAMILIES)), ("position_scheme", POSITION_SCHEMES),
+                            ("cls_head", CLS_HEADS), ("cls_head_activation", HEAD_ACTIVATIONS),
+                            ("mlm_activation", (None, *ACTIVATIONS))):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"config field '{name}' is {getattr(self, name)!r}; valid values: "
+                                  f"{', '.join(str(v) for v in valid)}")
+        if self.embedding_size == self.hidden_size and not FAMILIES[self.family]["always_project"]:
+            object.__setattr__(self, "embedding_size", None)  # ELECTRA projects only when the sizes differ
         if self.hidden_size % self.num_heads != 0:
             divisors = [h for h in range(1, min(self.hidden_size, 64) + 1) if self.hidden_size % h == 0]
             raise ConfigError(
@@ -63,9 +90,9 @@ class BertConfig:
             raise ConfigError(
                 f"config field 'activation' is '{self.activation}'; valid values: {', '.join(ACTIVATIONS)}"
             )
-        for name in ("hidden_dropout", "attention_dropout"):
+        for name in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
+            if value is not None and not 0.0 <= value < 1.0:
                 raise ConfigError(f"config field '{name}' must be in [0, 1), got {value}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(
@@ -78,6 +105,29 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def word_size(self) -> int:
+        """Width of the word embeddings (E): ``embedding_size`` or the hidden size."""
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def layer_schedule(self) -> tuple[int, ...]:
+        """Which built layer runs at each depth: ALBERT's group rule, else one layer per depth."""
+        groups = self.num_hidden_groups or self.num_layers
+        return tuple(int(i / (self.num_layers / groups)) * self.inner_group_num + j
+                     for i in range(self.num_layers) for j in range(self.inner_group_num))
+
+    @property
+    def num_built_layers(self) -> int:
+        return (self.num_hidden_groups or self.num_layers) * self.inner_group_num
+
+    @property
+    def max_length(self) -> int:
+        """The longest token sequence the position table holds (RoBERTa's ids start past the pad id)."""
+        if self.position_scheme == "padding_offset":
+            return self.max_positions - self.pad_token_id - 1
+        return self.max_positions
+
     # ----------------------------------------------------------------- presets
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> BertConfig:
@@ -89,6 +139,13 @@ class BertConfig:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def for_family(cls, family: str, **values: Any) -> BertConfig:
+        """A config of ``family`` (a Hugging Face model_type) with the fields that family fixes."""
+        if family not in FAMILIES:
+            raise ConfigError(f"unknown model family '{family}'; valid families: {', '.join(FAMILIES)}")
+        return cls(**{**FAMILIES[family]["fixed"], "family": family, **values})
+
     # ----------------------------------------------------------------- dict / YAML
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> BertConfig:
@@ -97,6 +154,7 @@ class BertConfig:
             raise ConfigError(f"{source}: expected a mapping of config fields, got {type(data).__name__}")
         data = dict(data)
         preset = data.pop("preset", None)
+        arch = data.pop("arch", None)
         translated: dict[str, Any] = {}
         valid = {f.name for f in fields(cls)}
         for key, value in data.items():
@@ -105,10 +163,13 @@ class BertConfig:
                 value = _HF_ACT_IN.get(value, value)
             if name not in valid:
                 raise ConfigError(
-                    f"{source}: unknown key '{key}'; valid keys: preset, {', '.join(sorted(valid))}"
+                    f"{source}: unknown key '{key}'; valid keys: arch, preset, {', '.join(sorted(valid))}"
                 )
             translated[name] = value
         try:
+            if arch is not None:
+                translated = arch_values(str(arch), preset, translated)
+                preset = None
             if preset is not None:
                 return cls.preset(str(preset), **translated)
             return cls(**translated)
@@ -121,22 +182,26 @@ class BertConfig:
     # ----------------------------------------------------------------- Hugging Face
     @classmethod
     def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> BertConfig:
-        """Read a Hugging Face BERT ``config.json`` dict (other keys are ignored)."""
+        """Read a Hugging Face ``config.json`` dict of any supported family (other keys are ignored)."""
         model_type = hf.get("model_type", "bert")
-        if model_type != "bert":
+        if model_type not in FAMILIES:
             raise ConfigError(
-                f"{source}: model_type is '{model_type}'; bertcli reads BERT checkpoints (model_type 'bert')"
+                f"{source}: model_type is '{model_type}'; bertcli reads model_type {', '.join(FAMILIES)}"
             )
+        fam = FAMILIES[model_type]
         pet = hf.get("position_embedding_type", "absolute")
         if pet != "absolute":
             raise ConfigError(f"{source}: position_embedding_type '{pet}' is not supported; only 'absolute'")
-        act = hf.get("hidden_act", "gelu")
+        if hf.get("sinusoidal_pos_embds"):
+            raise ConfigError(f"{source}: sinusoidal_pos_embds true is not supported; only learned positions")
+        act_key = fam["act_key"]
+        act = hf.get(act_key, "gelu")
         if not isinstance(act, str) or act not in _HF_ACT_IN:
             raise ConfigError(
-                f"{source}: hidden_act '{act}' is not supported; valid values: {', '.join(_HF_ACT_IN)}"
+                f"{source}: {act_key} '{act}' is not supported; valid values: {', '.join(_HF_ACT_IN)}"
             )
-        values: dict[str, Any] = {}
-        for hf_key, name in _HF_ALIASES.items():
+        values: dict[str, Any] = dict(fam["fixed"])
+        for hf_key, name in fam["names"].items():
             if hf_key in hf and hf[hf_key] is not None:
                 values[name] = hf[hf_key]
         values["activation"] = _HF_ACT_IN[act]
@@ -148,25 +213,20 @@ class BertConfig:
             raise ConfigError(f"{source}: {exc}") from None
 
     def to_hf(self) -> dict[str, Any]:
-        """The Hugging Face ``config.json`` fields for this shape."""
-        return {
-            "model_type": "bert",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "intermediate_size": self.intermediate_size,
-            "hidden_act": _HF_ACT_OUT[self.activation],
-            "hidden_dropout_prob": self.hidden_dropout,
-            "attention_probs_dropout_prob": self.attention_dropout,
-            "max_position_embeddings": self.max_positions,
-            "type_vocab_size": self.type_vocab_size,
-            "initializer_range": self.initializer_range,
-            "layer_norm_eps": self.layer_norm_eps,
-            "pad_token_id": self.pad_token_id,
-            "position_embedding_type": "absolute",
-            "tie_word_embeddings": True,  # the MLM decoder is the word-embedding matrix
-        }
+        """The Hugging Face ``config.json`` fields for this shape, in the family's own names."""
+        fam = FAMILIES[self.family]
+        ours = asdict(self)
+        ours["activation"] = _HF_ACT_OUT[self.activation]
+        if "embedding_size" in fam["names"].values():
+            ours["embedding_size"] = self.word_size
+        if "num_hidden_groups" in fam["names"].values():
+            ours["num_hidden_groups"] = self.num_hidden_groups or self.num_layers
+        out: dict[str, Any] = {"model_type": self.family}
+        out.update({hf_key: ours[name] for hf_key, name in fam["names"].items() if ours[name] is not None})
+        out[fam["act_key"]] = ours["activation"]
+        out.update(fam["hf_fixed"])
+        out["tie_word_embeddings"] = True  # the MLM decoder is the word-embedding matrix
+        return out
 
 
 _HF_ALIASES = {
@@ -184,6 +244,68 @@ _HF_ALIASES = {
     "pad_token_id": "pad_token_id",
     "initializer_range": "initializer_range",
 }
+
+_DISTILBERT_NAMES = {
+    "vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_layers", "n_heads": "num_heads",
+    "hidden_dim": "intermediate_size", "max_position_embeddings": "max_positions", "dropout": "hidden_dropout",
+    "attention_dropout": "attention_dropout", "pad_token_id": "pad_token_id",
+    "initializer_range": "initializer_range", "seq_classif_dropout": "classifier_dropout",
+}
+_BERT_NAMES = {**{k: v for k, v in _HF_ALIASES.items() if k != "hidden_act"}, "classifier_dropout": "classifier_dropout"}
+_ROBERTA_FIXED = {"position_scheme": "padding_offset", "cls_head": "dense", "cls_head_activation": "tanh",
+                  "mlm_activation": "gelu"}
+# model_type -> the family's config.json names (HF -> ours), its activation key, the fields it fixes,
+# whether its factorised embeddings are projected even at E == H (ALBERT), and what to_hf adds.
+_BERT_LIKE = {"act_key": "hidden_act", "always_project": False, "hf_fixed": {"position_embedding_type": "absolute"}}
+FAMILIES: dict[str, dict[str, Any]] = {
+    "bert": {**_BERT_LIKE, "names": _BERT_NAMES, "fixed": {}},
+    "roberta": {**_BERT_LIKE, "names": _BERT_NAMES, "fixed": {"family": "roberta", **_ROBERTA_FIXED}},
+    "xlm-roberta": {**_BERT_LIKE, "names": _BERT_NAMES, "fixed": {"family": "xlm-roberta", **_ROBERTA_FIXED}},
+    "distilbert": {"names": _DISTILBERT_NAMES, "act_key": "activation", "always_project": False,
+                   "fixed": {"family": "distilbert", "type_vocab_size": 0, "layer_norm_eps": 1e-12,
+                             "cls_head": "dense", "cls_head_activation": "relu", "cls_head_input_dropout": False},
+                   "hf_fixed": {"sinusoidal_pos_embds": False, "tie_weights_": True}},
+    "albert": {**_BERT_LIKE, "always_project": True, "fixed": {"family": "albert"},
+               "names": {**_BERT_NAMES, "classifier_dropout_prob": "classifier_dropout", "embedding_size": "embedding_size",
+                         "num_hidden_groups": "num_hidden_groups", "inner_group_num": "inner_group_num"}},
+    "electra": {**_BERT_LIKE, "names": {**_BERT_NAMES, "embedding_size": "embedding_size"},
+                "fixed": {"family": "electra", "cls_head": "dense", "cls_head_activation": "gelu",
+                          "mlm_activation": "gelu"}},
+}
+
+# pretrain --arch: the family and its preset shape (a --preset / model: fields win over the shape)
+ARCHS: dict[str, dict[str, Any]] = {
+    "bert": {"family": "bert"},
+    "roberta": {"family": "roberta", "type_vocab_size": 1, "layer_norm_eps": 1e-5},
+    "albert": {"family": "albert", "embedding_size": 128, "num_hidden_groups": 1, "activation": "gelu_tanh"},
+    # ELECTRA-small's shape (discriminator): 12 layers, hidden 256, 4 heads, embeddings 128
+    "electra": {"family": "electra", "embedding_size": 128, "num_layers": 12, "hidden_size": 256, "num_heads": 4,
+                "intermediate_size": 1024},
+    "distilbert": {"family": "distilbert"},
+}
+_SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+
+
+def arch_values(arch: str, preset: str | None, values: dict[str, Any]) -> dict[str, Any]:
+    """Config fields for ``pretrain --arch``: the family's fixed fields, then the arch preset, then
+    ``preset`` (its shape replaces the arch's), then ``values``."""
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown arch '{arch}'; valid: {', '.join(ARCHS)}")
+    out = {**FAMILIES[ARCHS[arch]["family"]]["fixed"], **ARCHS[arch]}
+    if preset is None and not any(k in out or k in values for k in _SHAPE_FIELDS):
+        preset = "mini"  # as pretrain without --arch
+    if preset is not None or any(k in values for k in _SHAPE_FIELDS):
+        out = {k: v for k, v in out.items() if k not in _SHAPE_FIELDS}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
+        layers, hidden = PRESETS[preset]
+        out.update(num_layers=layers, hidden_size=hidden, num_heads=max(1, hidden // 64), intermediate_size=4 * hidden)
+    out.update(values)
+    if out.get("position_scheme") == "padding_offset" and "max_positions" not in values:
+        out["max_positions"] = 512 + int(out.get("pad_token_id", 0)) + 1  # 512 tokens past the pad id
+    return out
+
 
 # name -> (layers, hidden); heads = hidden / 64, intermediate = 4 * hidden
 PRESETS: dict[str, tuple[int, int]] = {

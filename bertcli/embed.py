@@ -99,12 +99,12 @@ def load(model: str | Path, *, device: str = "auto", precision: str = "auto") ->
 
     enc_model, tok, ckpt = load_encoder(model, dev)
     sentence = ckpt.sentence or {}
-    max_len = sentence.get("max_seq_length") or ckpt.config.max_positions
+    max_len = sentence.get("max_seq_length") or ckpt.config.max_length
     encoder = Encoder(
         model=enc_model, tokenizer=tok, checkpoint=ckpt, device=dev, precision=prec,
         pooling=sentence.get("pooling") or "mean",
         normalize=bool(sentence.get("normalize", True)) if sentence else True,
-        max_length=min(int(max_len), ckpt.config.max_positions),
+        max_length=min(int(max_len), ckpt.config.max_length),
     )
     _CACHE.clear()  # keep one model in memory, not every one ever used
     _CACHE[key] = encoder
@@ -125,8 +125,8 @@ def _as_encoder(model: Any, device: str, precision: str) -> Encoder:
             precision=resolve_precision(precision, dev),
             pooling=sentence.get("pooling") or "mean",
             normalize=bool(sentence.get("normalize", True)) if sentence else True,
-            max_length=min(int(sentence.get("max_seq_length") or ckpt.config.max_positions),
-                           ckpt.config.max_positions),
+            max_length=min(int(sentence.get("max_seq_length") or ckpt.config.max_length),
+                           ckpt.config.max_length),
         )
     if isinstance(model, (str, Path)):
         return load(model, device=device, precision=precision)
@@ -202,7 +202,7 @@ def embed_poolings(
     enc = _as_encoder(model, device, precision)
     poolings = [check_pooling(p) for p in (poolings or [enc.pooling])]
     normalize = enc.normalize if normalize is None else normalize
-    limit = enc.max_length if max_length is None else check_max_length(max_length, enc.checkpoint.config.max_positions)
+    limit = enc.max_length if max_length is None else check_max_length(max_length, enc.checkpoint.config.max_length)
     budget = batch_tokens or DEFAULT_BATCH_TOKENS.get(enc.device.type, 4096)
     if budget < 1:
         raise ConfigError(f"--batch-tokens must be positive, got {budget}")

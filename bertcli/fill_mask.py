@@ -45,7 +45,8 @@ class FillMask:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         model = BertForPreTraining(ckpt.config, nsp=False)
-        state = {k: v for k, v in ckpt.state.items() if not k.startswith(("nsp.", "bert.pooler.", "classifier.", "qa."))}
+        state = {k: v for k, v in ckpt.state.items()
+                 if k.startswith(("bert.", "mlm.")) and not k.startswith("bert.pooler.")}
         load_into(model, state, str(ckpt.path / WEIGHTS_NAME))
         self.model = model.eval().to(self.device)
 

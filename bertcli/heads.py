@@ -1,9 +1,13 @@
 """Task heads on the encoder, and sentence pooling.
 
 Every model here has the encoder as ``.bert`` and its heads under fixed attribute names
-(``mlm``, ``nsp``, ``classifier``, ``qa``); ``checkpoint.py`` maps exactly these names to
-the Hugging Face ones (``cls.predictions``, ``cls.seq_relationship``, ``classifier``,
-``qa_outputs``).
+(``mlm``, ``nsp``, ``pre_classifier``, ``classifier``, ``qa``, ``rtd``); ``checkpoint.py`` maps
+exactly these names to each family's Hugging Face ones (BERT: ``cls.predictions``,
+``cls.seq_relationship``, ``classifier``, ``qa_outputs``; RoBERTa: ``lm_head``,
+``classifier.dense`` / ``classifier.out_proj``; ALBERT: ``predictions``, ``sop_classifier``; ...).
+The config picks each head's variant when it is built: the MLM head's width (E) and activation,
+the sequence classifier on the pooler (BERT, ALBERT) or a dense head on ``<s>`` (RoBERTa tanh,
+ELECTRA gelu, DistilBERT's pre-classifier with relu).
 """
 
 from __future__ import annotations
@@ -18,18 +22,30 @@ from bertcli.model import BertModel, activation, init_weights
 POOLINGS = ("cls", "mean", "max")
 
 
+def head_dropout(config: BertConfig, override: float | None = None) -> float:
+    """A classifier head's dropout: the caller's, the checkpoint's ``classifier_dropout``, or hidden_dropout."""
+    for p in (override, config.classifier_dropout):
+        if p is not None:
+            return p
+    return config.hidden_dropout
+
+
+def head_activation(name: str) -> nn.Module:
+    return nn.Tanh() if name == "tanh" else activation(name)
+
+
 class MLMHead(nn.Module):
-    """dense + activation + LayerNorm, then a decoder tied to the word embeddings, plus a bias."""
+    """dense (H -> E) + activation + LayerNorm, then a decoder tied to the word embeddings, plus a bias."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = activation(config.activation)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.word_size)
+        self.act = activation(config.mlm_activation or config.activation)
+        self.norm = nn.LayerNorm(config.word_size, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        """(..., H) hidden states and the (V, H) word-embedding matrix -> (..., V) logits."""
+        """(..., H) hidden states and the (V, E) word-embedding matrix -> (..., V) logits."""
         return F.linear(self.norm(self.act(self.dense(hidden))), word_embeddings, self.bias)
 
 
@@ -57,20 +73,62 @@ class BertForPreTraining(nn.Module):
         return mlm_logits, nsp_logits
 
 
+class ReplacedTokenHead(nn.Module):
+    """ELECTRA's discriminator: dense + activation + linear to one logit per token (replaced or not)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.activation)
+        self.out = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.dense(hidden))).squeeze(-1)  # (B, T)
+
+
+class BertForReplacedTokenDetection(nn.Module):
+    """Encoder + ELECTRA's discriminator head (``ElectraForPreTraining``): (B, T) logits."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, with_pooler=False)
+        self.rtd = ReplacedTokenHead(config)
+        init_weights(self, config.initializer_range)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        return self.rtd(self.bert(input_ids, attention_mask, token_type_ids))
+
+
 class BertForSequenceClassification(nn.Module):
-    """Pooler output -> dropout -> linear (num_labels; 1 for regression)."""
+    """A sentence vector -> dropout -> linear (num_labels; 1 for regression).
+
+    The sentence vector is the pooler output (``cls_head`` "pooler": BERT, ALBERT) or, for a dense
+    head (RoBERTa, XLM-R, ELECTRA, DistilBERT), ``act(pre_classifier(dropout(h[<s>])))``.
+    """
 
     def __init__(self, config: BertConfig, num_labels: int, classifier_dropout: float | None = None):
         super().__init__()
         self.config = config
-        self.bert = BertModel(config, with_pooler=True)
-        self.dropout = nn.Dropout(config.hidden_dropout if classifier_dropout is None else classifier_dropout)
+        dense = config.cls_head == "dense"
+        self.bert = BertModel(config, with_pooler=not dense)
+        self.dropout = nn.Dropout(head_dropout(config, classifier_dropout))
+        self.pre_classifier = nn.Linear(config.hidden_size, config.hidden_size) if dense else None
+        self.pre_act = head_activation(config.cls_head_activation)
+        self.pre_dropout = self.dropout if config.cls_head_input_dropout else nn.Identity()
         self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.sentence = self._dense if dense else self._pooled
         init_weights(self, config.initializer_range)
+
+    def _pooled(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.bert.pooler(hidden)  # (B, H)
+
+    def _dense(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.pre_act(self.pre_classifier(self.pre_dropout(hidden[:, 0])))  # (B, H)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
-        return self.classifier(self.dropout(self.bert.pooler(hidden)))  # (B, num_labels)
+        return self.classifier(self.dropout(self.sentence(hidden)))  # (B, num_labels)
 
 
 class BertForTokenClassification(nn.Module):
@@ -80,7 +138,7 @@ class BertForTokenClassification(nn.Module):
         super().__init__()
         self.config = config
         self.bert = BertModel(config, with_pooler=False)
-        self.dropout = nn.Dropout(config.hidden_dropout if classifier_dropout is None else classifier_dropout)
+        self.dropout = nn.Dropout(head_dropout(config, classifier_dropout))
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_weights(self, config.initializer_range)
 

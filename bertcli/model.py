@@ -1,7 +1,11 @@
 """The BERT encoder core: embeddings, post-LN transformer layers, and nothing else.
 
+The family (RoBERTa, XLM-R, DistilBERT, ALBERT, ELECTRA) is the same core switched by config fields,
+decided once when the modules are built: position ids (absolute or RoBERTa's padding offset), token
+types (2, 1 or none), a factorised-embedding projection (E -> H), and ALBERT's shared layer groups.
+
 Shapes: B = batch, T = sequence length, H = hidden size, N = heads, D = head size (H / N),
-I = intermediate size. Parameter names here are short; ``checkpoint.py`` maps them to the
+I = intermediate size, E = word-embedding size (``config.word_size``). Parameter names here are short; ``checkpoint.py`` maps them to the
 Hugging Face names.
 """
 
@@ -24,26 +28,50 @@ def activation(name: str):
     raise ValueError(name)
 
 
+def absolute_positions(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    return torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+
+
+def padding_offset_positions(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """RoBERTa's ids: real tokens count from pad_id + 1, padding sits at pad_id."""
+    real = input_ids.ne(pad_id).int()  # (B, T)
+    return (torch.cumsum(real, dim=1) * real).long() + pad_id  # (B, T)
+
+
+POSITIONS = {"absolute": absolute_positions, "padding_offset": padding_offset_positions}
+
+
 class Embeddings(nn.Module):
-    """word + position + token-type embeddings, then LayerNorm and dropout."""
+    """word + position (+ token-type) embeddings of width E, LayerNorm, dropout (+ projection E -> H)."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position = nn.Embedding(config.max_positions, config.hidden_size)
-        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        E = config.word_size
+        self.pad_id = config.pad_token_id
+        self.positions = POSITIONS[config.position_scheme]
+        self.word = nn.Embedding(config.vocab_size, E, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_positions, E)
+        # 0 types: none (DistilBERT); 1 type: a constant row, whatever ids come in (RoBERTa)
+        self.token_type = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size else None
+        self.add_types = (self._no_types if not config.type_vocab_size else
+                          self._first_type if config.type_vocab_size == 1 else self._types)
+        self.norm = nn.LayerNorm(E, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
+        self.project = nn.Linear(E, config.hidden_size) if config.embedding_size is not None else nn.Identity()
+
+    def _no_types(self, x, token_type_ids):
+        return x
+
+    def _first_type(self, x, token_type_ids):
+        return x + self.token_type.weight[0]
+
+    def _types(self, x, token_type_ids):
+        return self._first_type(x, None) if token_type_ids is None else x + self.token_type(token_type_ids)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        T = input_ids.shape[1]
-        positions = torch.arange(T, device=input_ids.device)  # (T,)
-        x = self.word(input_ids) + self.position(positions)  # (B, T, H)
-        if token_type_ids is None:
-            x = x + self.token_type.weight[0]
-        else:
-            x = x + self.token_type(token_type_ids)
-        return self.dropout(self.norm(x))
+        x = self.word(input_ids) + self.position(self.positions(input_ids, self.pad_id))  # (B, T, E)
+        x = self.add_types(x, token_type_ids)
+        return self.project(self.dropout(self.norm(x)))  # (B, T, H)
 
 
 class Attention(nn.Module):
@@ -115,7 +143,8 @@ class BertModel(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_built_layers))
+        self.schedule = config.layer_schedule  # ALBERT runs shared layers several times
         self.pooler = Pooler(config) if with_pooler else None
 
     def forward(
@@ -128,8 +157,8 @@ class BertModel(nn.Module):
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T): True = attend
-        for layer in self.layers:
-            x = layer(x, mask)
+        for i in self.schedule:
+            x = self.layers[i](x, mask)
         return x
 
     @property

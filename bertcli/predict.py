@@ -53,7 +53,7 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
     ckpt = load_checkpoint(model_dir)
     head = ckpt.state.get("classifier.weight")
     task = ckpt.bertcli.get("task")
-    if head is None or "pooler" not in ckpt.heads or task in ("token-classification",):
+    if head is None or not ckpt.heads & {"pooler", "pre_classifier"} or task in ("token-classification",):
         raise CheckpointError(
             f"{ckpt.path}: has no sequence classification head; fine-tune it first with "
             f"bertcli finetune --task classification|regression"
@@ -71,8 +71,8 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
     if not regression and sorted(id2label) != list(range(rows)):
         raise CheckpointError(f"{ckpt.path}: id2label keys must be 0..{rows - 1}, got {sorted(id2label)}")
     tok = load_tokenizer(ckpt.path, ckpt.config.vocab_size)
-    max_length = int(ckpt.bertcli.get("max_length") or min(ckpt.config.max_positions, tok.model_max_length))
-    max_length = min(max_length, ckpt.config.max_positions)
+    max_length = int(ckpt.bertcli.get("max_length") or min(ckpt.config.max_length, tok.model_max_length))
+    max_length = min(max_length, ckpt.config.max_length)
     model = BertForSequenceClassification(ckpt.config, rows)
     load_into(model, ckpt.state, str(ckpt.path))
     model.to(dev).eval()

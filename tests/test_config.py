@@ -189,7 +189,7 @@ def test_real_minilm_config(minilm_dir):
 @pytest.mark.parametrize(
     "change, pattern",
     [
-        ({"model_type": "roberta"}, "model_type is 'roberta'"),
+        ({"model_type": "gpt2"}, "model_type is 'gpt2'; bertcli reads model_type bert, roberta, xlm-roberta, distilbert, albert, electra"),
         ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key' is not supported"),
         ({"hidden_act": "silu"}, "hidden_act 'silu' is not supported; valid values: gelu, gelu_new"),
         ({"num_attention_heads": 5}, "'hidden_size' \\(128\\) must be divisible by 'num_heads' \\(5\\)"),

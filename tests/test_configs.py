@@ -37,7 +37,7 @@ def test_bad_sections(tmp_path):
     p.write_text("modle:\n  preset: tiny\n")
     with pytest.raises(ConfigError, match="unknown section 'modle'"):
         PretrainConfig.from_yaml(p)
-    p.write_text("data:\n  objective: mlm+sop\n")
+    p.write_text("data:\n  objective: mlm+xyz\n")
     with pytest.raises(ConfigError, match="objective"):
         PretrainConfig.from_yaml(p)
     p.write_text("masking:\n  mask_prob: 2\n")

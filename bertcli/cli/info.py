@@ -54,7 +54,8 @@ def command(
     registered = {c.name for c in app.registered_commands}
     info = {
         "path": str(ckpt.path),
-        "architecture": architecture_for(ckpt.state, ckpt.bertcli.get("task")) if weights else
+        "family": ckpt.config.family,
+        "architecture": architecture_for(ckpt.state, ckpt.bertcli.get("task"), ckpt.config.family) if weights else
         (ckpt.hf_config.get("architectures") or ["?"])[0],
         "config": ckpt.config.to_dict(),
         "parameters": n_params,
@@ -76,6 +77,7 @@ def command(
     t = Table(title=Text(str(ckpt.path)), show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
+    t.add_row("family", info["family"])
     t.add_row("architecture", info["architecture"])
     if n_params is not None:
         t.add_row("parameters", f"{n_params:,}")

@@ -49,7 +49,8 @@ def command(
     preset: Annotated[str | None, typer.Option("--preset", help="tiny|mini|small|medium|base|large (default mini).", rich_help_panel=_M)] = None,
     config: Annotated[str | None, typer.Option("--config", help="YAML with model:, data:, masking:, train: sections; flags win.", rich_help_panel=_M)] = None,
     init_from: Annotated[str | None, typer.Option("--init-from", help="Continue pretraining from this checkpoint.", rich_help_panel=_M)] = None,
-    objective: Annotated[str | None, typer.Option("--objective", help="mlm+nsp (BERT, default) or mlm (RoBERTa-style packed sentences).", rich_help_panel=_D)] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="bert (default), roberta, albert, electra or distilbert: the family of the model built from scratch (ALBERT: embeddings 128, one shared layer group; ELECTRA: ELECTRA-small's shape unless --preset).", rich_help_panel=_M)] = None,
+    objective: Annotated[str | None, typer.Option("--objective", help="mlm+nsp (BERT's default), mlm+sop (ALBERT's sentence order, its default) or mlm (RoBERTa-style packed sentences; the other families' default).", rich_help_panel=_D)] = None,
     max_seq_length: Annotated[int | None, typer.Option("--max-seq-length", help="Tokens per example (default 128).", rich_help_panel=_D)] = None,
     short_seq_prob: Annotated[float | None, typer.Option("--short-seq-prob", help="Share of shorter NSP examples (default 0.1).", rich_help_panel=_D)] = None,
     eval_fraction: Annotated[float | None, typer.Option("--eval-fraction", help="Share of documents held out for evaluation (default 0.02).", rich_help_panel=_D)] = None,
@@ -82,7 +83,7 @@ def command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Pretrain BERT with masked-language modelling (and next-sentence prediction) on text files."""
+    """Pretrain a BERT-family encoder with masked-language modelling (and next-sentence or sentence-order prediction) on text files."""
     from bertcli.locks import run_lock
     from bertcli.paths import check_outputs
     from bertcli.tasks.pretraining import PretrainConfig, build_pretraining
@@ -106,7 +107,7 @@ def command(
             err_console.print(msg, highlight=False)
 
     with run_lock(out):
-        task, args = build_pretraining(corpus, out, tokenizer=tokenizer, preset=preset, config=cfg,
+        task, args = build_pretraining(corpus, out, tokenizer=tokenizer, preset=preset, arch=arch, config=cfg,
                                        init_from=init_from, data_overrides=data, masking_overrides=masking,
                                        train_overrides=train, log=log)
         s = task.summary

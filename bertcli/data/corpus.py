@@ -15,6 +15,8 @@ Examples (built per epoch from a seed, so they are reproducible):
   A in the same document (IsNext, label 0) or, half of the time, comes from another document
   (NotNext, label 1); with probability ``short_seq_prob`` the target length is shorter. This is
   Google's ``create_instances_from_document``.
+* ``mlm+sop`` (ALBERT's sentence-order prediction): the same pairs, but B is always the segments that
+  follow A in the same document, and half of the time the two are swapped (label 1 = swapped).
 * ``mlm`` (RoBERTa FULL-SENTENCES): consecutive segments packed into ``[CLS] ... [SEP]`` up to
   ``max_seq_length``, crossing document boundaries (a ``[SEP]`` marks each boundary); no NSP.
 """
@@ -36,7 +38,8 @@ import numpy as np
 from bertcli.data.text import expand_paths, read_text
 from bertcli.errors import ConfigError, DataError
 
-OBJECTIVES = ("mlm+nsp", "mlm")
+OBJECTIVES = ("mlm+nsp", "mlm+sop", "mlm")
+PAIR_OBJECTIVES = ("mlm+nsp", "mlm+sop")  # a sentence-pair head on the pooler (label in Example.nsp)
 DOCUMENT_MODES = ("blank-line", "file")
 CACHE_VERSION = 1
 
@@ -220,8 +223,11 @@ def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Rand
 
 
 def nsp_examples(corpus: TokenizedCorpus, doc_ids: np.ndarray, max_seq_length: int, short_seq_prob: float,
-                 seed: int, cls_id: int, sep_id: int) -> list[Example]:
-    """Google's ``create_instances_from_document`` over ``doc_ids``, in document order."""
+                 seed: int, cls_id: int, sep_id: int, sop: bool = False) -> list[Example]:
+    """Google's ``create_instances_from_document`` over ``doc_ids``, in document order.
+
+    ``sop``: ALBERT's sentence order instead of NSP: B is always A's continuation, swapped with A
+    half of the time (label 1)."""
     rng = random.Random(seed)
     max_tokens = max_seq_length - 3
     doc_ids = [int(d) for d in doc_ids]
@@ -243,7 +249,7 @@ def nsp_examples(corpus: TokenizedCorpus, doc_ids: np.ndarray, max_seq_length: i
                     a_end = 1 if len(chunk) < 2 else rng.randint(1, len(chunk) - 1)
                     a = [int(t) for s in chunk[:a_end] for t in s]
                     b: list[int] = []
-                    if (len(chunk) == 1 or rng.random() < 0.5) and len(doc_ids) > 1:
+                    if not sop and (len(chunk) == 1 or rng.random() < 0.5) and len(doc_ids) > 1:
                         is_random = True
                         target_b = max(1, target - len(a))
                         other = di
@@ -262,6 +268,10 @@ def nsp_examples(corpus: TokenizedCorpus, doc_ids: np.ndarray, max_seq_length: i
                         is_random = False
                         b = [int(t) for s in chunk[a_end:] for t in s]
                     _truncate_pair(a, b, max_tokens, rng)
+                    if sop and a and b:
+                        is_random = rng.random() < 0.5  # swapped
+                        if is_random:
+                            a, b = b, a
                     if a and b:
                         ids = np.array([cls_id, *a, sep_id, *b, sep_id], dtype=np.int32)
                         types = np.zeros(len(ids), dtype=np.int8)
@@ -304,8 +314,8 @@ def packed_examples(corpus: TokenizedCorpus, doc_ids: np.ndarray, max_seq_length
     return out
 
 
-def check_nsp_possible(corpus: TokenizedCorpus, doc_ids: np.ndarray, where: str) -> None:
-    if len(doc_ids) < 2:
+def check_nsp_possible(corpus: TokenizedCorpus, doc_ids: np.ndarray, where: str, sop: bool = False) -> None:
+    if len(doc_ids) < 2 and not sop:
         raise DataError(
             f"{where}: next-sentence prediction needs at least 2 training documents, found {len(doc_ids)}; "
             f"separate documents by blank lines (or give several files with --documents file), "

@@ -326,7 +326,7 @@ class FinetuneTask(Task):
         self.checkpoint = load_checkpoint(opts.model)
         self.config = self.checkpoint.config
         self.tokenizer = load_tokenizer(self.checkpoint.path, self.config.vocab_size)
-        self.max_length = check_max_length(opts.max_length, self.config.max_positions)
+        self.max_length = check_max_length(opts.max_length, self.config.max_length)
         self.precision = "fp32"  # evaluation precision; finetune() sets the resolved one
         self.run_config = {"finetune": dataclasses.asdict(opts)}
 
@@ -421,8 +421,9 @@ class SequenceClassificationTask(FinetuneTask):
             self.regression or [old.get(i) for i in range(self.num_labels)] == [self.id2label[i] for i in
                                                                                range(self.num_labels)])
         if head is not None and not same_labels:
-            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}  # a new head
-        load_into(model, state, str(self.checkpoint.path), allow_missing=("classifier.", "bert.pooler."))
+            state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "pre_classifier."))}
+        load_into(model, state, str(self.checkpoint.path),
+                  allow_missing=("classifier.", "pre_classifier.", "bert.pooler."))
         return model
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:

@@ -1,4 +1,4 @@
-"""The pretraining task (MLM + NSP, or MLM alone) for the shared loop, and ``pretrain()``.
+"""The pretraining task (MLM + NSP, MLM + SOP, or MLM alone) for any family, and ``pretrain()``.
 
 Options come in groups (``DataOptions``, ``MaskingOptions``, ``TrainArgs``) that a YAML file
 (``model:``, ``data:``, ``masking:``, ``train:``) and CLI flags fill; flags win.
@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from bertcli.config import BertConfig, check_options, load_yaml, merge_options, options_from_dict
-from bertcli.data.corpus import DOCUMENT_MODES, OBJECTIVES
+from bertcli.data.corpus import DOCUMENT_MODES, OBJECTIVES, PAIR_OBJECTIVES
 from bertcli.errors import ConfigError, TokenizerError
 from bertcli.train import Task, TrainArgs
 
 YAML_SECTIONS = ("model", "data", "masking", "train")
+# what each family pretrains with by default (BERT: NSP, ALBERT: sentence order, the rest: MLM alone)
+DEFAULT_OBJECTIVES = {"bert": "mlm+nsp", "albert": "mlm+sop"}
+PAIR_FAMILIES = ("bert", "albert")  # the families with a sentence-pair head in *ForPreTraining
 
 
 @dataclass
 class DataOptions:
-    objective: str = "mlm+nsp"         # mlm+nsp | mlm
+    objective: str | None = None       # mlm+nsp | mlm+sop | mlm; None = the family's (DEFAULT_OBJECTIVES)
     max_seq_length: int = 128
     short_seq_prob: float = 0.1
     eval_fraction: float = 0.02        # share of documents held out for evaluation
@@ -34,7 +37,7 @@ class DataOptions:
 
     def __post_init__(self) -> None:
         check_options(self)
-        if self.objective not in OBJECTIVES:
+        if self.objective is not None and self.objective not in OBJECTIVES:
             raise ConfigError(f"data option 'objective' is '{self.objective}'; valid: {', '.join(OBJECTIVES)}")
         if self.documents not in DOCUMENT_MODES:
             raise ConfigError(f"data option 'documents' is '{self.documents}'; valid: {', '.join(DOCUMENT_MODES)}")
@@ -118,9 +121,16 @@ class PretrainingTask(Task):
         from bertcli.masking import continuation_table
         from bertcli.tokenizer import check_max_length
 
+        if data.objective is None:
+            data = dataclasses.replace(data, objective=DEFAULT_OBJECTIVES.get(model_config.family, "mlm"))
+        if data.objective in PAIR_OBJECTIVES and model_config.family not in PAIR_FAMILIES:
+            raise ConfigError(
+                f"--objective {data.objective} needs a sentence-pair head, which {model_config.family} has not "
+                f"(families with one: {', '.join(PAIR_FAMILIES)}); use --objective mlm"
+            )
         self.tok, self.config, self.data, self.masking = tokenizer, model_config, data, masking
         self.init_state, self.init_source = init_state, init_source
-        check_max_length(data.max_seq_length, model_config.max_positions, "--max-seq-length")
+        check_max_length(data.max_seq_length, model_config.max_length, "--max-seq-length")
         if tokenizer.vocab_size > model_config.vocab_size:
             raise TokenizerError(
                 f"the tokenizer has {tokenizer.vocab_size} tokens but the model has {model_config.vocab_size} "
@@ -130,9 +140,10 @@ class PretrainingTask(Task):
                                     encoding=data.encoding, errors=data.encoding_errors, log=log)
         self.train_docs, self.eval_docs = C.split_heldout(self.corpus.num_docs, data.eval_fraction)
         where = ", ".join(str(p) for p in corpus_paths)
-        if self.data.objective == "mlm+nsp":
-            C.check_nsp_possible(self.corpus, self.train_docs, where)
-        self.nsp = data.objective == "mlm+nsp"
+        self.nsp = data.objective in PAIR_OBJECTIVES  # NSP or SOP, on the same pooler head
+        self.sop = data.objective == "mlm+sop"
+        if self.nsp:
+            C.check_nsp_possible(self.corpus, self.train_docs, where, sop=self.sop)
         self.whole_word = continuation_table(tokenizer) if masking.whole_word else None
         self.special_ids = sorted(tokenizer.special_ids)
         self._epoch_cache: tuple[int, int, list] | None = None
@@ -146,7 +157,7 @@ class PretrainingTask(Task):
 
         if self.nsp:
             return C.nsp_examples(self.corpus, doc_ids, self.data.max_seq_length, self.data.short_seq_prob,
-                                  seed, self.tok.cls_id, self.tok.sep_id)
+                                  seed, self.tok.cls_id, self.tok.sep_id, sop=self.sop)
         return C.packed_examples(self.corpus, doc_ids, self.data.max_seq_length, self.tok.cls_id, self.tok.sep_id)
 
     def _collate(self, examples) -> dict:
@@ -260,7 +271,7 @@ class PretrainingTask(Task):
         mlm_loss = loss_sum / n_tok
         out = {"mlm_loss": mlm_loss, "mlm_accuracy": correct / n_tok, "perplexity": math.exp(min(mlm_loss, 50.0))}
         if self.nsp and n_pairs:
-            out["nsp_accuracy"] = nsp_correct / n_pairs
+            out["sop_accuracy" if self.sop else "nsp_accuracy"] = nsp_correct / n_pairs
         return out
 
     def checkpoint_payload(self, model) -> dict:
@@ -270,6 +281,7 @@ class PretrainingTask(Task):
 
 # ============================================================ library entry point
 def build_pretraining(corpus: list[str], out: str, *, tokenizer: str | None = None, preset: str | None = None,
+                      arch: str | None = None,
                       config: PretrainConfig | None = None, init_from: str | None = None,
                       data_overrides: dict | None = None, masking_overrides: dict | None = None,
                       train_overrides: dict | None = None, log=None) -> tuple[PretrainingTask, TrainArgs]:
@@ -285,8 +297,9 @@ def build_pretraining(corpus: list[str], out: str, *, tokenizer: str | None = No
     init_state = None
     if init_from is not None:
         ckpt = load_checkpoint(init_from)
-        if preset is not None or config.model:
-            raise ConfigError("--init-from takes the model shape from the checkpoint; drop --preset / the model: section")
+        if preset is not None or arch is not None or config.model:
+            raise ConfigError("--init-from takes the model shape from the checkpoint; drop --preset / --arch / the "
+                              "model: section")
         model_cfg = ckpt.config
         init_state = ckpt.state
         tok_dir = tokenizer or init_from
@@ -301,11 +314,14 @@ def build_pretraining(corpus: list[str], out: str, *, tokenizer: str | None = No
             raise ConfigError("pretraining from scratch needs --tokenizer DIR (a train-vocab output or a checkpoint)")
         tok = Tokenizer.load(tokenizer)
         model = dict(config.model)
+        if arch is not None:
+            model["arch"] = arch
         if preset is not None:
             model = {k: v for k, v in model.items() if k == "preset" or k not in ("hidden_size", "num_layers",
                                                                                "num_heads", "intermediate_size")}
             model["preset"] = preset
-        elif "preset" not in model and not any(k in model for k in ("hidden_size", "num_hidden_layers", "num_layers")):
+        elif "preset" not in model and "arch" not in model and not any(
+                k in model for k in ("hidden_size", "num_hidden_layers", "num_layers")):
             model["preset"] = "mini"
         model.setdefault("vocab_size", tok.vocab_size)
         model.setdefault("pad_token_id", tok.pad_id)

@@ -481,7 +481,7 @@ class QuestionAnswerer:
         ckpt = load_checkpoint(model_dir)
         model = load_qa_model(model_dir, ckpt)
         block = ckpt.bertcli or {}
-        settings = window_settings(block, ckpt.config.max_positions, **overrides)
+        settings = window_settings(block, ckpt.config.max_length, **overrides)
         self.max_length = int(settings["max_length"])
         self.doc_stride = int(settings["doc_stride"])
         self.max_query_length = int(settings["max_query_length"])

@@ -477,8 +477,8 @@ def load_tagger(model_dir, device: str = "auto", precision: str = "auto") -> Tag
             f"outputs; the checkpoint is inconsistent"
         )
     tok = load_tokenizer(ckpt.path, ckpt.config.vocab_size)
-    max_length = int(ckpt.bertcli.get("max_length") or min(ckpt.config.max_positions, tok.model_max_length))
-    max_length = max(3, min(max_length, ckpt.config.max_positions))
+    max_length = int(ckpt.bertcli.get("max_length") or min(ckpt.config.max_length, tok.model_max_length))
+    max_length = max(3, min(max_length, ckpt.config.max_length))
     model = BertForTokenClassification(ckpt.config, rows)
     load_into(model, ckpt.state, str(ckpt.path))
     model.to(dev).eval()
