@@ -177,6 +177,22 @@ class Tokenizer:
             return not (token.startswith(self.continuation_prefix) and len(token) > len(self.continuation_prefix))
         return token.startswith(self.word_prefix) or token in self.special_tokens.values()
 
+    def pair_layout(self) -> tuple[list[int], list[int], list[int], int]:
+        """The special ids a pair gets from the post-processor: (before A, between A and B, after B,
+        type id of B): ``[CLS]`` / ``[SEP]`` / ``[SEP]`` / 1 for BERT, ``<s>`` / ``</s></s>`` / ``</s>`` / 0
+        for RoBERTa and XLM-R."""
+        saved = self._tok.truncation
+        self._tok.no_truncation()
+        try:
+            e = self._tok.encode("a", "b", add_special_tokens=True)
+        finally:
+            if saved:
+                self._tok.enable_truncation(**saved)
+        seq = e.sequence_ids
+        first_a, last_a = seq.index(0), len(seq) - 1 - seq[::-1].index(0)
+        first_b, last_b = seq.index(1), len(seq) - 1 - seq[::-1].index(1)
+        return e.ids[:first_a], e.ids[last_a + 1:first_b], e.ids[last_b + 1:], e.type_ids[first_b]
+
     # ------------------------------------------------------------ loading
     @classmethod
     def from_vocab(cls, vocab_file: str | Path, lowercase: bool = True, strip_accents: bool | None = None,
