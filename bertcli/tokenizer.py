@@ -177,6 +177,14 @@ class Tokenizer:
             return not (token.startswith(self.continuation_prefix) and len(token) > len(self.continuation_prefix))
         return token.startswith(self.word_prefix) or token in self.special_tokens.values()
 
+    def as_running_text(self, words: list[str]) -> list[str]:
+        """Pre-split words (CoNLL) as they appear in running text, for ``is_pretokenized`` encoding:
+        byte-level BPE without a prefix space gets a space before every word but the first, so a
+        word's pieces (``\u0120word``) are those of the same words in a sentence. Others unchanged."""
+        if self.word_prefix != "\u0120" or not words:
+            return words
+        return [words[0], *(" " + w for w in words[1:])]
+
     def pair_layout(self) -> tuple[list[int], list[int], list[int], int]:
         """The special ids a pair gets from the post-processor: (before A, between A and B, after B,
         type id of B): ``[CLS]`` / ``[SEP]`` / ``[SEP]`` / 1 for BERT, ``<s>`` / ``</s></s>`` / ``</s>`` / 0

@@ -204,3 +204,36 @@ def test_tokenize_and_mask_preview_cli_on_bpe(cli, trained):
     r = cli("mask-preview", "--model", d, text, "--mask-prob", 0.9, "--seed", 1)
     assert r.exit_code == 0, r.stderr
     assert "legend:" in r.stdout and "<mask>" in r.stdout and "<s>" in r.stdout
+
+
+@pytest.mark.parametrize("style", ["roberta", "albert", "xlm-roberta"])
+def test_directories_saved_by_transformers_load_and_round_trip(trained, tmp_path, style):
+    """A directory transformers wrote (its own tokenizer_config.json, no special_tokens_map.json) loads
+    with the same specials and ids; bertcli's save of it loads in AutoTokenizer as the same class."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(trained[style]))
+    hf.save_pretrained(str(tmp_path / "hf"))
+    ours = Tokenizer.load(tmp_path / "hf")
+    assert ours.special_tokens == KINDS[style][2]
+    pairs = [(a, b) for a, b in zip(TEXTS, TEXTS[::-1], strict=True) if a and b]
+    assert [ours.encode(a, b).ids for a, b in pairs] == [hf(a, b)["input_ids"] for a, b in pairs]
+    (tmp_path / "again").mkdir()
+    ours.save(tmp_path / "again")
+    back = AutoTokenizer.from_pretrained(str(tmp_path / "again"))
+    assert type(back).__name__ == KINDS[style][1]
+    assert [back(a, b)["input_ids"] for a, b in pairs] == [hf(a, b)["input_ids"] for a, b in pairs]
+
+
+@pytest.mark.parametrize("style", list(KINDS))
+def test_pre_split_words_get_the_pieces_of_running_text(trained, style):
+    """Token classification encodes CoNLL words pre-split; their pieces must be those of the sentence
+    (byte-level BPE: \u0120 before every word but the first), so training matches prediction."""
+    from bertcli.tasks.token_classification import _pieces
+
+    tok = Tokenizer.load(trained[style])
+    words = ["Hello", "there", ",", "unbelievable", "world", "!"]
+    split = _pieces(tok, [words], pretokenized=True)[0]
+    text = _pieces(tok, [" ".join(words)], pretokenized=False)[0]
+    assert split.tokens == text.tokens
+    assert len(set(w for w in split.word_ids if w is not None)) == len(words)
