@@ -56,7 +56,7 @@ def command(
     strip_accents: Annotated[bool | None, typer.Option(
         "--strip-accents/--keep-accents", help="Strip accents (default: when lower-casing).", show_default=False,
     )] = None,
-    limit_alphabet: Annotated[int, typer.Option("--limit-alphabet", help="Keep at most this many characters.")] = 1000,
+    limit_alphabet: Annotated[int, typer.Option("--limit-alphabet", help="Keep at most this many characters (wordpiece).")] = 1000,
     held_out: Annotated[float, typer.Option(
         "--held-out", help="Fraction of lines held out of training to measure the vocabulary on.")] = 0.02,
     encoding: EncodingOpt = "utf-8",
