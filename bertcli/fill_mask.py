@@ -1,4 +1,4 @@
-"""Fill-mask: the top-k tokens (and probabilities) for every ``[MASK]`` in a text.
+"""Fill-mask: the top-k tokens (and probabilities) for every mask token (``[MASK]``, ``<mask>``) in a text.
 
 The ranking is that of transformers' ``fill-mask`` pipeline on ``BertForMaskedLM``: a softmax
 over the whole vocabulary at each mask position, then the k most probable tokens.
@@ -67,12 +67,13 @@ class FillMask:
             for j, (text, e) in enumerate(zip(chunk, encs, strict=True)):
                 if self.tok.mask_id not in e.ids:
                     shown = repr(text if len(text) <= 60 else text[:57] + "...")
-                    if e.truncated and "[MASK]" in text:
+                    mask = self.tok.special_tokens["mask"]  # [MASK] for BERT, <mask> for RoBERTa
+                    if e.truncated and mask in text:
                         raise DataError(
-                            f"text {start + j + 1} ({shown}): its [MASK] lies beyond the model's "
+                            f"text {start + j + 1} ({shown}): its {mask} lies beyond the model's "
                             f"{self.config.max_positions} tokens; shorten the text"
                         )
-                    raise DataError(f"text {start + j + 1} ({shown}): no [MASK] token; write [MASK] where a word "
+                    raise DataError(f"text {start + j + 1} ({shown}): no {mask} token; write {mask} where a word "
                                     f"should be predicted")
             ids, att, types = pad_batch([e.ids for e in encs], [e.type_ids for e in encs], self.tok.pad_id,
                                         self.device)

@@ -2,17 +2,21 @@
 and ``bertcli mask-preview``.
 
 Selection
-    Each non-special token (padding, ``[CLS]``, ``[SEP]``, ``[MASK]``, ``[UNK]`` and any id in
+    Each non-special token (the tokenizer's padding, cls, sep, mask and unknown tokens and any id in
     ``special_ids`` are never selected) is selected independently with probability ``mask_prob``
     (a Bernoulli draw per token). With ``whole_word`` (the :func:`continuation_table`), the draw is
-    made per *word* instead: a word is a head token followed by its ``##`` continuation tokens, and
-    all its pieces are selected together or not at all. A ``##`` token directly after a special
-    token (or at position 0) starts its own word. With whole-word masking ``mask_prob`` is the
+    made per *word* instead: a word is a head token followed by its continuation tokens, and all
+    its pieces are selected together or not at all. Which tokens continue a word comes from the
+    tokenizer (:meth:`bertcli.tokenizer.Tokenizer.starts_word`): WordPiece ``##`` pieces; in
+    byte-level BPE every token not starting with ``\u0120`` (a space), in Unigram / SentencePiece
+    every token not starting with ``\u2581``, so a word is what lies between spaces (fairseq's
+    whole-word masking for RoBERTa). A continuation token directly after a special token (or at
+    position 0) starts its own word. With whole-word masking ``mask_prob`` is the
     fraction of words selected, so the fraction of *tokens* selected is ``mask_prob`` on average
     too but with a larger variance.
 
 Fate of a selected token (the 80/10/10 rule)
-    ``mask_replace_prob`` (0.8): replaced by ``[MASK]``; ``random_replace_prob`` (0.1): replaced by a
+    ``mask_replace_prob`` (0.8): replaced by the mask token; ``random_replace_prob`` (0.1): replaced by a
     token drawn uniformly from the non-special vocabulary (it may, with probability 1/V, be the
     original token, as in BERT); the rest (0.1): kept. The decision is drawn **per token**, also
     under whole-word masking, as Google's ``create_pretraining_data.py`` and Hugging Face's
@@ -44,11 +48,13 @@ OUTCOME_NAMES = ("not selected", "masked", "random", "kept")
 
 
 def continuation_table(tokenizer) -> torch.BoolTensor:
-    """(vocab_size,) bool tensor: True for WordPiece continuation tokens (those starting with ``##``)."""
+    """(vocab_size,) bool tensor: True for the tokens that continue a word (``tokenizer.starts_word``
+    is False: ``##`` pieces in WordPiece, tokens without ``\u0120`` / ``\u2581`` in BPE / Unigram)."""
     import torch
 
     table = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
-    ids = [i for tok, i in tokenizer.get_vocab().items() if tok.startswith("##") and len(tok) > 2]
+    ids = [i for tok, i in tokenizer.get_vocab().items()
+           if i not in tokenizer.special_ids and not tokenizer.starts_word(tok)]
     if ids:
         table[torch.tensor(ids, dtype=torch.long)] = True
     return table
@@ -71,7 +77,7 @@ def check_probabilities(mask_prob: float, mask_replace_prob: float, random_repla
 
 def word_starts(input_ids: torch.LongTensor, is_special: torch.BoolTensor,
                 whole_word: torch.BoolTensor) -> torch.BoolTensor:
-    """True where a word starts: every token that is not a ``##`` continuation, and a continuation
+    """True where a word starts: every token that is not a continuation, and a continuation
     at position 0 or right after a special token. Special tokens count as (unselectable) starts."""
     import torch
 
@@ -110,10 +116,8 @@ def mask_tokens_with_outcome(
     whole_word: torch.BoolTensor | None = None,
     ignore_index: int = -100,
 ) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
-    """:func:`mask_tokens` plus the outcome of every position (NOT_SELECTED, MASKED, RANDOM, KEPT).
-
-    ``mask_tokens`` is this function without the third output: the same code, the same draws.
-    """
+    """Mask ids for MLM: (masked inputs, labels, the outcome of every position: NOT_SELECTED,
+    MASKED, RANDOM, KEPT). :func:`mask_tokens` is this function without the third output."""
     import torch
 
     check_probabilities(mask_prob, mask_replace_prob, random_replace_prob)
@@ -156,31 +160,18 @@ def mask_tokens_with_outcome(
     return inputs, labels, outcome
 
 
-def mask_tokens(
-    input_ids: torch.LongTensor,
-    *,
-    generator: torch.Generator,
-    mask_id: int,
-    special_ids: Collection[int],
-    vocab_size: int,
-    mask_prob: float = 0.15,
-    mask_replace_prob: float = 0.8,
-    random_replace_prob: float = 0.1,
-    whole_word: torch.BoolTensor | None = None,
-    ignore_index: int = -100,
-) -> tuple[torch.LongTensor, torch.LongTensor]:
+def mask_tokens(input_ids: torch.LongTensor, **options) -> tuple[torch.LongTensor, torch.LongTensor]:
     """Mask a (B, T) or (T,) batch of ids for MLM: returns (masked inputs, labels).
 
-    Pure (``input_ids`` is not modified), vectorised, deterministic for a generator state; works
-    on the device of ``input_ids`` (the generator must be on the same device). ``special_ids``
-    (which must include the padding id) are never selected; random replacements are never special.
-    ``whole_word`` is :func:`continuation_table` to select whole words. See the module docstring.
+    ``options`` are those of :func:`mask_tokens_with_outcome` (``generator``, ``mask_id``,
+    ``special_ids``, ``vocab_size``, the probabilities, ``whole_word``, ``ignore_index``): the
+    same code and the same draws, without the outcome. Pure (``input_ids`` is not modified),
+    vectorised, deterministic for a generator state; works on the device of ``input_ids`` (the
+    generator must be on the same device). ``special_ids`` (which must include the padding id) are
+    never selected; random replacements are never special. ``whole_word`` is
+    :func:`continuation_table` to select whole words. See the module docstring.
     """
-    inputs, labels, _ = mask_tokens_with_outcome(
-        input_ids, generator=generator, mask_id=mask_id, special_ids=special_ids, vocab_size=vocab_size,
-        mask_prob=mask_prob, mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob,
-        whole_word=whole_word, ignore_index=ignore_index,
-    )
+    inputs, labels, _ = mask_tokens_with_outcome(input_ids, **options)
     return inputs, labels
 
 
@@ -232,7 +223,7 @@ def preview(
 ) -> tuple[list[PreviewRow], PreviewCounts]:
     """Mask ``texts`` exactly as :func:`mask_tokens` does in training and describe the result.
 
-    The texts are encoded with ``[CLS]``/``[SEP]``, truncated to ``max_length``, grouped into
+    The texts are encoded with the tokenizer's special tokens, truncated to ``max_length``, grouped into
     batches of ``batch_size`` right-padded to the longest text (like a training batch), and each
     batch goes through :func:`mask_tokens_with_outcome` with one ``torch.Generator`` seeded once
     with ``seed``. Random replacements are drawn from ``vocab_size`` ids (default: the tokenizer's

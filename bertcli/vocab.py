@@ -1,22 +1,32 @@
-"""Train a BERT WordPiece vocabulary on plain text (``tokenizers``' WordPiece trainer).
+"""Train a vocabulary on plain text: WordPiece (BERT), byte-level BPE (RoBERTa) or Unigram
+(SentencePiece-style: ALBERT, XLM-R), with ``tokenizers``' trainers.
 
-``train_vocab(files, out)`` reads the files under the encoding policy of
+``train_vocab(files, out, model_type=...)`` reads the files under the encoding policy of
 :mod:`bertcli.data.text`, holds out a deterministic sample of lines (``held_out``, chosen with
-``seed``), trains ``tokenizers.BertWordPieceTokenizer`` from an iterator of the decoded lines, and
-writes ``tokenizer.json``, ``vocab.txt``, ``tokenizer_config.json`` and
-``special_tokens_map.json`` through :meth:`bertcli.tokenizer.Tokenizer.save` into ``out``
-(atomically: a temporary sibling directory renamed into place).
+``seed``), trains from an iterator of the decoded lines, and writes ``tokenizer.json``,
+``tokenizer_config.json`` (with ``tokenizer_class``) and ``special_tokens_map.json`` (plus
+``vocab.txt`` for WordPiece, ``vocab.json`` + ``merges.txt`` for BPE) through
+:meth:`bertcli.tokenizer.Tokenizer.save` into ``out`` (atomically: a temporary sibling directory
+renamed into place), so that transformers' ``AutoTokenizer`` loads the directory as the family's
+tokenizer class.
 
-The special tokens always have these ids::
+Each ``style`` (:data:`STYLES`) fixes the special tokens, their ids (first, in this order) and the
+post-processor::
 
-    [PAD] = 0   [UNK] = 1   [CLS] = 2   [SEP] = 3   [MASK] = 4
+    bert         (wordpiece)  [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4    [CLS] A [SEP] B [SEP]
+    roberta      (bpe)        <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4      <s> A </s></s> B </s>
+    albert       (unigram)    <pad>=0 <unk>=1 [CLS]=2 [SEP]=3 [MASK]=4    [CLS] A [SEP] B [SEP]
+    xlm-roberta  (unigram)    <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4      <s> A </s></s> B </s>
 
-then come the alphabet (single characters and their ``##`` forms) and the learnt wordpieces.
+then come the alphabet and the learnt tokens. The BPE is byte-level (no unknown token ever; words
+start with ``\u0120``); the Unigram tokenizer splits on whitespace with the ``\u2581`` metaspace
+and, for ALBERT, normalises like ``AlbertTokenizer`` (NFKD, accents stripped, lower-cased unless
+``--cased``).
 
-After writing, it checks itself: the directory is loaded back through ``tokenizer.json`` and
-through ``vocab.txt`` alone, and both must give the same ids as the trained tokenizer on a sample
-of text and the fixed special ids. It reports the vocabulary size, the unknown-token rate and the
-wordpieces per word on the held-out lines.
+After writing, it checks itself: the directory is loaded back through ``tokenizer.json`` (and,
+for WordPiece, through ``vocab.txt`` alone), and must give the same ids as the trained tokenizer
+on a sample of text and the style's special ids. It reports the vocabulary size, the
+unknown-token rate and the tokens per word on the held-out lines.
 
 If ``vocab_size`` is too small to hold the special tokens and the alphabet the trainer keeps
 (``limit_alphabet`` characters at most, each also as a ``##`` continuation), training stops with
@@ -40,9 +50,23 @@ from typing import Any
 
 from bertcli.data.text import ENCODING_ERRORS, expand_paths, read_text
 from bertcli.errors import ConfigError, DataError, TokenizerError
-from bertcli.tokenizer import SPECIAL_TOKENS, Tokenizer
+from bertcli.tokenizer import ROLES, SPECIAL_TOKENS, Tokenizer
 
 SPECIAL_IDS = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}  # [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4
+MODEL_TYPES = ("wordpiece", "bpe", "unigram")
+# style -> model type, special tokens in id order, their roles, tokenizer_class, RoBERTa pairs?
+STYLES: dict[str, dict[str, Any]] = {
+    "bert": {"model": "wordpiece", "tokens": SPECIAL_TOKENS, "roles": ("pad", "unk", "cls", "sep", "mask"),
+             "class": "BertTokenizer", "roberta_pairs": False},
+    "roberta": {"model": "bpe", "tokens": ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+                "roles": ("cls", "pad", "sep", "unk", "mask"), "class": "RobertaTokenizer", "roberta_pairs": True},
+    "albert": {"model": "unigram", "tokens": ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"),
+               "roles": ("pad", "unk", "cls", "sep", "mask"), "class": "AlbertTokenizer", "roberta_pairs": False},
+    "xlm-roberta": {"model": "unigram", "tokens": ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+                    "roles": ("cls", "pad", "sep", "unk", "mask"), "class": "XLMRobertaTokenizer",
+                    "roberta_pairs": True},
+}
+DEFAULT_STYLE = {"wordpiece": "bert", "bpe": "roberta", "unigram": "albert"}
 BATCH_LINES = 1000
 CHECK_SAMPLE = 2000
 # A few lines the self-check always encodes: accents, CJK, emoji, control characters, punctuation.
@@ -124,24 +148,33 @@ def text_stats(tok: Tokenizer, lines: list[str]) -> dict[str, Any]:
     }
 
 
-def self_check(trained: Tokenizer, out: Path, sample: list[str]) -> dict[str, Any]:
-    """Reload ``out`` through tokenizer.json and through vocab.txt; both must encode ``sample`` like
-    ``trained`` and have the fixed special ids. Raises TokenizerError otherwise."""
-    via_json = Tokenizer.load(out)
-    via_vocab = Tokenizer.from_vocab(out / "vocab.txt", trained.lowercase, trained.strip_accents)
+def special_ids_of(style: str) -> dict[str, int]:
+    """{token: id} of a style's special tokens (they come first, in order)."""
+    return {t: i for i, t in enumerate(STYLES[style]["tokens"])}
+
+
+def self_check(trained: Tokenizer, out: Path, sample: list[str], style: str = "bert") -> dict[str, Any]:
+    """Reload ``out`` through tokenizer.json (and vocab.txt for WordPiece); each must encode ``sample``
+    like ``trained`` and have the style's special ids. Raises TokenizerError otherwise."""
+    st = STYLES[style]
+    want = dict(zip(st["roles"], range(len(st["tokens"])), strict=True))
+    expected = tuple(want[r] for r in ROLES)
+    loaded = [("tokenizer.json", Tokenizer.load(out))]
+    if trained.kind == "wordpiece":
+        loaded.append(("vocab.txt", Tokenizer.from_vocab(out / "vocab.txt", trained.lowercase, trained.strip_accents)))
     texts = list(PROBES) + sample
     ref, _, _ = trained.encode_ids(texts, max_length=100_000)
-    for name, tok in (("tokenizer.json", via_json), ("vocab.txt", via_vocab)):
+    for name, tok in loaded:
         got = (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id)
-        if got != tuple(SPECIAL_IDS.values()):
-            raise TokenizerError(f"{out / name}: special ids {got}, expected {tuple(SPECIAL_IDS.values())}")
+        if got != expected:
+            raise TokenizerError(f"{out / name}: special ids {got} (pad, unk, cls, sep, mask), expected {expected}")
         if tok.vocab_size != trained.vocab_size:
             raise TokenizerError(f"{out / name}: {tok.vocab_size} tokens, trained {trained.vocab_size}")
         ids, _, _ = tok.encode_ids(texts, max_length=100_000)
         for text, a, b in zip(texts, ref, ids, strict=True):
             if a != b:
                 raise TokenizerError(f"{out / name}: reloaded tokenizer encodes {text[:60]!r} differently")
-    return {"texts": len(texts), "identical": True, "special_ids": dict(SPECIAL_IDS)}
+    return {"texts": len(texts), "identical": True, "special_ids": special_ids_of(style), "files": [n for n, _ in loaded]}
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -158,13 +191,84 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise ConfigError(f"{out.parent}: cannot create the parent of --out ({exc.strerror})") from None
 
 
+def _special_list(style: str) -> list:
+    """The style's special tokens for a trainer (RoBERTa's ``<mask>`` eats the space before it)."""
+    from tokenizers import AddedToken
+
+    return [AddedToken(t, lstrip=True, special=True) if t == "<mask>" else AddedToken(t, special=True)
+            for t in STYLES[style]["tokens"]]
+
+
+def _post_processor(style: str):
+    from tokenizers import processors
+
+    names = dict(zip(STYLES[style]["roles"], STYLES[style]["tokens"], strict=True))
+    ids = special_ids_of(style)
+    cls_t, sep_t = names["cls"], names["sep"]
+    if STYLES[style]["model"] == "bpe":
+        return processors.RobertaProcessing((sep_t, ids[sep_t]), (cls_t, ids[cls_t]), trim_offsets=True,
+                                            add_prefix_space=False)
+    pair_b = f"{sep_t}:0 $B:0 {sep_t}:0" if STYLES[style]["roberta_pairs"] else f"$B:1 {sep_t}:1"
+    return processors.TemplateProcessing(single=f"{cls_t}:0 $A:0 {sep_t}:0", pair=f"{cls_t}:0 $A:0 {sep_t}:0 {pair_b}",
+                                         special_tokens=[(cls_t, ids[cls_t]), (sep_t, ids[sep_t])])
+
+
+def _build_and_train(style: str, lines: list[str], *, vocab_size: int, min_frequency: int, lowercase: bool,
+                     strip_accents: bool | None, limit_alphabet: int, show_progress: bool):
+    """A ``tokenizers.Tokenizer`` of the style's model type, trained on ``lines``."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    kind = STYLES[style]["model"]
+    specials = _special_list(style)
+    length = (len(lines) + BATCH_LINES - 1) // BATCH_LINES
+    if kind == "wordpiece":
+        from tokenizers import BertWordPieceTokenizer
+
+        bwp = BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents,
+                                     lowercase=lowercase)
+        bwp.train_from_iterator(
+            _batches(lines), vocab_size=vocab_size, min_frequency=min_frequency, limit_alphabet=limit_alphabet,
+            special_tokens=list(SPECIAL_TOKENS), show_progress=show_progress, wordpieces_prefix="##", length=length,
+        )
+        return bwp._tokenizer
+    if kind == "bpe":
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+    else:
+        steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"'), normalizers.NFKD()]
+        if strip_accents or (strip_accents is None and lowercase):
+            steps.append(normalizers.StripAccents())
+        if lowercase:
+            steps.append(normalizers.Lowercase())
+        tok = HFTokenizer(models.Unigram())
+        if style == "albert":  # what AlbertTokenizer builds; XLMRobertaTokenizer has no normaliser
+            tok.normalizer = normalizers.Sequence(steps)
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+        ])
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+        unk = dict(zip(STYLES[style]["roles"], STYLES[style]["tokens"], strict=True))["unk"]
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=unk,
+                                          show_progress=show_progress)
+    tok.train_from_iterator(_batches(lines), trainer=trainer, length=length)
+    tok.post_processor = _post_processor(style)
+    return tok
+
+
 def train_vocab(
     files: Iterable[str | Path],
     out: str | Path,
     *,
+    model_type: str = "wordpiece",
+    style: str | None = None,
     vocab_size: int = 30522,
     min_frequency: int = 2,
-    lowercase: bool = True,
+    lowercase: bool | None = None,
     strip_accents: bool | None = None,
     limit_alphabet: int = 1000,
     encoding: str = "utf-8",
@@ -175,18 +279,33 @@ def train_vocab(
     show_progress: bool = False,
     status: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a WordPiece vocabulary on ``files`` (files or directories) and write it to ``out``.
+    """Train a ``model_type`` (wordpiece, bpe, unigram) vocabulary on ``files`` (files or
+    directories) and write it to ``out``.
 
-    ``strip_accents=None`` strips accents when lower-casing (BERT's uncased behaviour).
-    ``show_progress`` shows the trainer's own progress bar on stderr; ``status(message)`` is called
-    at each stage. Returns the statistics (see the module docstring).
+    ``style`` picks the special tokens (:data:`STYLES`; default: bert, roberta, albert for the three
+    model types). ``lowercase=None`` lower-cases for bert and albert, keeps case for roberta and
+    xlm-roberta (whose transformers tokenizers do not lower-case). ``strip_accents=None`` strips
+    accents when lower-casing. ``show_progress`` shows the trainer's own progress bar on stderr;
+    ``status(message)`` is called at each stage. Returns the statistics (see the module docstring).
     """
-    from tokenizers import BertWordPieceTokenizer
-
     from bertcli.checkpoint import clean_leftovers, replace_dir, temp_dir_for
 
-    if vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise ConfigError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 1}, got {vocab_size}")
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(f"--model-type {model_type}: valid values: {', '.join(MODEL_TYPES)}")
+    style = style or DEFAULT_STYLE[model_type]
+    allowed = [k for k, v in STYLES.items() if v["model"] == model_type]
+    if style not in allowed:
+        raise ConfigError(f"--style {style} does not go with --model-type {model_type}; use {' or '.join(allowed)}")
+    if lowercase is None:
+        lowercase = style in ("bert", "albert")
+    elif lowercase and style in ("roberta", "xlm-roberta"):
+        raise ConfigError(f"--lowercase: the {style} tokenizer keeps case (transformers' {STYLES[style]['class']} "
+                          f"does not lower-case); drop --lowercase or use --model-type wordpiece or unigram")
+    n_special = len(STYLES[style]["tokens"])
+    least = n_special + (256 if model_type == "bpe" else 1)
+    if vocab_size < least:
+        what = " (the special tokens and the 256 bytes)" if model_type == "bpe" else ""
+        raise ConfigError(f"--vocab-size must be at least {least}{what}, got {vocab_size}")
     if min_frequency < 1:
         raise ConfigError(f"--min-frequency must be at least 1, got {min_frequency}")
     if limit_alphabet < 1:
@@ -202,35 +321,40 @@ def train_vocab(
     eval_lines: list[str] = corpus["held_out"] or train_lines
     t_read = time.perf_counter()
 
-    say(f"training a {vocab_size:,}-token WordPiece vocabulary on {len(train_lines):,} lines")
-    bwp = BertWordPieceTokenizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase,
-    )
-    bwp.train_from_iterator(
-        _batches(train_lines), vocab_size=vocab_size, min_frequency=min_frequency,
-        limit_alphabet=limit_alphabet, special_tokens=list(SPECIAL_TOKENS), show_progress=show_progress,
-        wordpieces_prefix="##", length=(len(train_lines) + BATCH_LINES - 1) // BATCH_LINES,
-    )
+    label = {"wordpiece": "WordPiece", "bpe": "byte-level BPE", "unigram": "Unigram"}[model_type]
+    say(f"training a {vocab_size:,}-token {label} vocabulary on {len(train_lines):,} lines")
+    backend = _build_and_train(style, train_lines, vocab_size=vocab_size, min_frequency=min_frequency,
+                               lowercase=lowercase, strip_accents=strip_accents, limit_alphabet=limit_alphabet,
+                               show_progress=show_progress)
     t_train = time.perf_counter()
-    vocab = bwp.get_vocab()
-    n_alpha = sum(1 for t in vocab if len(t) == 1 or (t.startswith("##") and len(t) == 3))
+    vocab = backend.get_vocab(with_added_tokens=True)
+    if model_type == "wordpiece":
+        n_alpha = sum(1 for t in vocab if len(t) == 1 or (t.startswith("##") and len(t) == 3))
+    else:
+        n_alpha = sum(1 for t in vocab if len(t.removeprefix("\u0120").removeprefix("\u2581")) == 1)
     if len(vocab) > vocab_size:
         raise ConfigError(
             f"--vocab-size {vocab_size} is smaller than the {len(vocab)} tokens the alphabet alone needs "
-            f"({len(SPECIAL_TOKENS)} special tokens + {n_alpha} characters and their ## forms); use "
+            f"({n_special} special tokens + {n_alpha} characters and their ## forms); use "
             f"--vocab-size {len(vocab)} or more, or lower --limit-alphabet"
         )
-    for tok_str, want in SPECIAL_IDS.items():
-        if vocab.get(tok_str) != want:  # the trainer puts special tokens first, in order
+    ids = special_ids_of(style)
+    for tok_str, want in ids.items():
+        if vocab.get(tok_str) != want:  # the trainers put special tokens first, in order
             raise TokenizerError(f"trained vocabulary has {tok_str} at id {vocab.get(tok_str)}, expected {want}")
-    tok = Tokenizer(bwp._tokenizer, lowercase=lowercase, strip_accents=strip_accents)
+    extra = {"keep_accents": not (strip_accents or (strip_accents is None and lowercase))} if style == "albert" else {}
+    if model_type == "bpe":
+        extra = {"add_prefix_space": False}
+    tok = Tokenizer(backend, lowercase=lowercase, strip_accents=strip_accents,
+                    specials=dict(zip(STYLES[style]["roles"], STYLES[style]["tokens"], strict=True)),
+                    tokenizer_class=STYLES[style]["class"], extra_config=extra)
 
     say("writing and checking the vocabulary")
     clean_leftovers(out.parent)
     tmp = temp_dir_for(out)
     try:
         tok.save(tmp)
-        check = self_check(tok, tmp, eval_lines[:CHECK_SAMPLE])
+        check = self_check(tok, tmp, eval_lines[:CHECK_SAMPLE], style)
         if out.exists() and not force:  # created by someone else while we trained
             raise ConfigError(f"{out}: already exists; choose another --out or pass --force to replace it")
         replace_dir(tmp, out)
@@ -244,11 +368,14 @@ def train_vocab(
     t_end = time.perf_counter()
     return {
         "out": str(out),
+        "model_type": model_type,
+        "style": style,
+        "tokenizer_class": tok.tokenizer_class,
         "vocab_size": tok.vocab_size,
         "requested_vocab_size": vocab_size,
         "alphabet": n_alpha,
-        "continuations": sum(1 for t in vocab if t.startswith("##")),
-        "special_ids": dict(SPECIAL_IDS),
+        "continuations": sum(1 for t in vocab if not tok.starts_word(t)),
+        "special_ids": ids,
         "files": len(corpus["files"]),
         "fallback_files": corpus["fallbacks"],
         "replaced_files": corpus["replaced"],

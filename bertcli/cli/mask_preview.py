@@ -33,11 +33,11 @@ STYLES = {
 }
 
 
-def _legend():
+def _legend(mask_token: str):
     from rich.text import Text
 
     t = Text("legend: ")
-    for label, name in (("[MASK]", "masked"), ("original->random", "random"), ("kept", "kept"),
+    for label, name in ((mask_token, "masked"), ("original->random", "random"), ("kept", "kept"),
                         ("not selected", "not selected"), ("special", "special")):
         t.append(label, style=STYLES[name])
         t.append("  ")
@@ -52,7 +52,7 @@ def command(
                                               help="File with one text per line (blank lines skipped), - for stdin.")] = None,
     seed: SeedOpt = 0,
     mask_prob: Annotated[float, typer.Option("--mask-prob", help="Fraction of tokens (words with --whole-word) selected.")] = 0.15,
-    whole_word: Annotated[bool, typer.Option("--whole-word", help="Select whole words (a token and its ## pieces).")] = False,
+    whole_word: Annotated[bool, typer.Option("--whole-word", help="Select whole words (a token and the pieces that continue it: ##, or no \u0120 / \u2581 before them).")] = False,
     stats: Annotated[bool, typer.Option("--stats", help="Only report realised rates against the expected ones.")] = False,
     max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate to N tokens (default: the model's max positions).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per masking batch.")] = 32,
@@ -114,7 +114,7 @@ def command(
         return
     from rich.text import Text
 
-    console.print(_legend())
+    console.print(_legend(tok.special_tokens["mask"]))
     for r in rows:
         line = Text()
         for tok_s, new_s, what in zip(r.tokens, r.masked_tokens, r.outcome, strict=True):
@@ -127,6 +127,6 @@ def command(
         console.print(line)
     n = sum(len(r.ids) for r in rows)
     sel = counts.selected
-    err_console.print(f"{counts.texts} text(s), {n} tokens, {sel} selected ({counts.masked} [MASK], "
+    err_console.print(f"{counts.texts} text(s), {n} tokens, {sel} selected ({counts.masked} {tok.special_tokens['mask']}, "
                       f"{counts.random} random, {counts.kept} kept); seed {seed}"
                       + (f"; {counts.truncated} truncated to {limit} tokens" if counts.truncated else ""))

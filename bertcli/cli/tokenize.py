@@ -69,7 +69,7 @@ def command(
         for col in ("#", "token", "id", "segment", "offsets"):
             table.add_column(col, justify="right" if col in ("#", "id", "segment") else "left")
         for i, (t, tid, seg, off) in enumerate(zip(e.tokens, e.ids, e.type_ids, e.offsets, strict=True)):
-            style = "cyan" if tid in tok.special_ids else ("yellow" if t.startswith("##") else None)
+            style = "cyan" if tid in tok.special_ids else ("yellow" if not tok.starts_word(t) else None)
             table.add_row(str(i), Text(t), str(tid), str(seg), f"{off[0]}-{off[1]}", style=style)
         console.print(table)
     if not json_out or truncated:

@@ -51,8 +51,9 @@ DEFAULTS = {"max_length": 384, "doc_stride": 128, "max_query_length": 64, "max_a
 
 
 def check_window_options(max_length: int, doc_stride: int, max_query_length: int, max_answer_length: int,
-                         n_best: int) -> None:
-    """Window and search options in range; each error names the option and what to use."""
+                         n_best: int, n_special: int = 3) -> None:
+    """Window and search options in range (``n_special``: the special tokens of a pair, 3 for BERT,
+    4 for RoBERTa); each error names the option and what to use."""
     if max_query_length < 1:
         raise ConfigError(f"--max-query-length must be at least 1, got {max_query_length}")
     if doc_stride < 0:
@@ -61,7 +62,7 @@ def check_window_options(max_length: int, doc_stride: int, max_query_length: int
         raise ConfigError(f"--max-answer-length must be at least 1, got {max_answer_length}")
     if n_best < 1:
         raise ConfigError(f"--n-best must be at least 1, got {n_best}")
-    room = max_length - max_query_length - 3
+    room = max_length - max_query_length - n_special
     if room <= doc_stride:
         raise ConfigError(
             f"--max-length {max_length} leaves {max(room, 0)} context tokens per window beside a "
@@ -133,10 +134,10 @@ def token_span(offsets: list[tuple[int, int]], char_start: int, char_end: int) -
 def make_windows(tokenizer, questions: list[str], contexts: list[str], *, max_length: int, doc_stride: int,
                  max_query_length: int, answers: list[tuple[int, int] | None] | None = None) -> Features:
     """Windows of every (question, context); ``answers`` (character spans, None = no answer) sets targets."""
-    check_window_options(max_length, doc_stride, max_query_length, 1, 1)
+    before, between, after, b_type = tokenizer.pair_layout()  # [CLS] q [SEP] c [SEP]; <s> q </s></s> c </s>
+    check_window_options(max_length, doc_stride, max_query_length, 1, 1, len(before) + len(between) + len(after))
     ctx = _context_tokens(tokenizer, contexts)
     q_encs = tokenizer.encode_batch(list(questions), max_length=max_query_length + 2)
-    cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
     windows: list[Window] = []
     truncated = split = 0
     unlabelled: list[int] = []
@@ -144,13 +145,13 @@ def make_windows(tokenizer, questions: list[str], contexts: list[str], *, max_le
         q_ids = q_enc.ids[1:-1]
         truncated += int(q_enc.truncated)
         c_ids, c_offsets = ctx[context]
-        room = max_length - len(q_ids) - 3
+        room = max_length - len(q_ids) - len(before) - len(between) - len(after)
         span = None
         if answers is not None and answers[i] is not None:
             span = token_span(c_offsets, *answers[i])
             if span is None:
                 unlabelled.append(i)
-        head = [cls_id, *q_ids, sep_id]
+        head = [*before, *q_ids, *between]
         pos = len(head)
         n = len(c_ids)
         begin = 0
@@ -160,8 +161,8 @@ def make_windows(tokenizer, questions: list[str], contexts: list[str], *, max_le
             start = end = 0
             if span is not None and begin <= span[0] and span[1] < stop:
                 start, end = pos + span[0] - begin, pos + span[1] - begin
-            ids = head + c_ids[begin:stop] + [sep_id]
-            windows.append(Window(i, ids, [0] * pos + [1] * (len(ids) - pos), pos, c_offsets[begin:stop],
+            ids = head + c_ids[begin:stop] + after
+            windows.append(Window(i, ids, [0] * pos + [b_type] * (len(ids) - pos), pos, c_offsets[begin:stop],
                                   start, end))
             count += 1
             if stop >= n:

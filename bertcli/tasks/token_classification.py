@@ -65,7 +65,7 @@ def _pieces(tokenizer, inputs: list, pretokenized: bool) -> list:
 
     backend = tokenizer.backend
     if pretokenized:
-        inputs = [[clean_text(w) for w in words] for words in inputs]
+        inputs = [tokenizer.as_running_text([clean_text(w) for w in words]) for words in inputs]
     else:
         inputs = [clean_text(t) for t in inputs]
     saved = backend.truncation
