@@ -244,7 +244,7 @@ class Tokenizer:
             return {}
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, 4300-digit ints
             raise TokenizerError(f"{file}: invalid JSON ({exc})") from None
         except OSError as exc:
             raise TokenizerError(f"{file}: cannot read ({exc.strerror})") from None

@@ -253,6 +253,7 @@ def test_tokenizer_encode_any_text(tokenizer, text, pair, max_length):
 
 tok_files = st.dictionaries(st.sampled_from(["tokenizer.json", "vocab.txt", "tokenizer_config.json"]),
                             st.binary(max_size=80) | json_values.map(lambda v: json.dumps(v).encode())
+                            | huge_number_text.map(str.encode)
                             | st.lists(st.sampled_from(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "##b", ""]),
                                        max_size=8).map(lambda xs: "\n".join(xs).encode()), max_size=3)
 
@@ -291,6 +292,14 @@ def test_found_integer_of_5000_digits_in_every_json_and_yaml_reader():
         read_json(put('{"hidden_size": ' + big + "}", ".json"))
     with pytest.raises(BertcliError, match="invalid YAML"):
         load_yaml(put("epochs: " + big + "\n", ".yaml"))
+    from bertcli.tokenizer import Tokenizer
+
+    tok_dir = WORK / f"tok{next(_counter)}"
+    tok_dir.mkdir()
+    (tok_dir / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\n")
+    (tok_dir / "tokenizer_config.json").write_text('{"model_max_length": ' + big + "}")
+    with pytest.raises(BertcliError, match="tokenizer_config.json: invalid JSON"):
+        Tokenizer.load(tok_dir)
     raw = ('{"w": {"dtype": "F32", "shape": [' + big + '], "data_offsets": [0, 4]}}').encode()
     with pytest.raises(BertcliError, match="corrupt safetensors header"):
         read_safetensors_header(put(struct.pack("<Q", len(raw)) + raw + b"\0" * 4, ".safetensors"))
