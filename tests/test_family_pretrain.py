@@ -160,3 +160,41 @@ def test_pretrain_init_from_a_transformers_checkpoint(vocab, tmp_path, family, c
     assert cfg["bertcli"]["objective"] == ("mlm+sop" if family == "albert" else "mlm")
     _, info = getattr(transformers, cls).from_pretrained(tmp_path / "run", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
+@pytest.mark.parametrize(("arch", "model_type", "style"), [("roberta", "bpe", "roberta"), ("albert", "unigram", "albert")])
+def test_pretrain_with_the_familys_own_tokenizer(tmp_path, arch, model_type, style):
+    """train-vocab --model-type bpe|unigram, then pretrain --arch on it: held-out loss falls, and transformers
+    loads the run directory with its own tokenizer (AutoTokenizer) and model class, with the same logits."""
+    from bertcli.tokenizer import Tokenizer
+    from bertcli.vocab import train_vocab
+
+    vocab = tmp_path / "vocab"
+    train_vocab([CORPUS], vocab, model_type=model_type, style=style, vocab_size=800, held_out=0.0)
+    tok = Tokenizer.load(vocab)
+    _pretrain(vocab, tmp_path / "run", arch)
+    out = tmp_path / "run"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == arch and cfg["pad_token_id"] == tok.pad_id
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    held = [r["eval"]["mlm_loss"] if "eval" in r else r["eval_mlm_loss"] for r in evals
+            if "eval" in r or "eval_mlm_loss" in r]
+    assert len(held) >= 2 and held[-1] < held[0], held
+
+    from bertcli.checkpoint import load_checkpoint, load_into
+    from bertcli.heads import BertForPreTraining
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    texts = ["The house stood by the river.", "It rained"]
+    batch = hf_tok(texts, padding=True, return_tensors="pt")
+    ids, mask, _ = Tokenizer.load(out).encode_ids(texts, None, max_length=32)
+    assert [row[:len(r)] for row, r in zip(batch["input_ids"].tolist(), ids)] == [list(r) for r in ids]
+    ckpt = load_checkpoint(out)
+    ours = BertForPreTraining(ckpt.config, nsp=arch == "albert").eval()
+    load_into(ours, ckpt.state, str(out))
+    ref = getattr(transformers, ARCHS[arch][2]).from_pretrained(out).eval()
+    with torch.no_grad():
+        mlm, _ = ours(batch["input_ids"], batch["attention_mask"])
+        theirs = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    got = theirs.prediction_logits if arch == "albert" else theirs.logits
+    assert (mlm - got)[batch["attention_mask"].bool()].abs().max().item() <= 1e-5
