@@ -184,7 +184,7 @@ class BertConfig:
     def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> BertConfig:
         """Read a Hugging Face ``config.json`` dict of any supported family (other keys are ignored)."""
         model_type = hf.get("model_type", "bert")
-        if model_type not in FAMILIES:
+        if not isinstance(model_type, str) or model_type not in FAMILIES:
             raise ConfigError(
                 f"{source}: model_type is '{model_type}'; bertcli reads model_type {', '.join(FAMILIES)}"
             )

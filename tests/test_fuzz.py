@@ -326,6 +326,15 @@ def test_found_config_hidden_act_that_is_not_a_string(act):
         BertConfig.from_dict({"hidden_size": 32, "hidden_act": act})
 
 
+@pytest.mark.parametrize("model_type", [[], {"a": 1}, 3, None])
+def test_found_config_model_type_that_is_not_a_string(model_type):
+    """model_type given as a list or object raised TypeError in the family lookup."""
+    from bertcli.config import BertConfig
+
+    with pytest.raises(BertcliError, match="model_type"):
+        BertConfig.from_hf({"hidden_size": 32, "model_type": model_type})
+
+
 @pytest.mark.parametrize("delimiter", ["ab", "\n", "\r", "tabs"])
 def test_found_delimiter_of_several_characters(delimiter):
     """--delimiter ab reached csv.reader, which raised TypeError."""
