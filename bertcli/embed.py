@@ -164,13 +164,12 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
 
 
 def _progress_bar(total: int):
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from bertcli.cli._common import err_console
 
     return Progress(
         TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("texts"),
-        TimeRemainingColumn(), console=err_console, transient=True,
+        TimeRemainingColumn(), console=Console(stderr=True, highlight=False), transient=True,
     )
 
 

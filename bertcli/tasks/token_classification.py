@@ -526,15 +526,16 @@ def read_inputs(input: str, *, text_column: str | None, delimiter: str | None, n
 
 
 def predict_command(*, model, input, output, json_out, quiet, text_column, batch_size, delimiter, no_quoting,
-                    no_header, encoding, device, precision) -> None:
+                    no_header, encoding, device, precision, emit_json, err_console) -> None:
     """``bertcli predict`` for a token-classification checkpoint: entities of every input text.
 
     ``--json`` prints one JSON object per text on stdout (the input record, or ``line`` and
     ``text`` for plain text, plus ``entities``). ``--output FILE``: ``.jsonl`` the same objects,
     ``.csv``/``.tsv`` one row per entity (``line, type, entity, start, end, score``). Without
     either, stdout gets the rows (TSV; CSV or JSON lines for a .csv or .jsonl input).
+    The command passes the screen in: ``emit_json(obj)`` writes one JSON line, ``err_console`` is
+    the rich console for the progress bar and summary (the library does not import the CLI).
     """
-    from bertcli.cli._common import emit_json, err_console
     from bertcli.data.tables import write_table
 
     if batch_size < 1:
