@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -83,3 +84,27 @@ def one_error_line(result, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def finetune_options(model, tmp_path, **fields):
+    """FinetuneOptions for a tiny CPU run in ``tmp_path/run`` (1 epoch, batch 8, lr 1e-3); ``fields`` win."""
+    from bertcli.tasks.classification import FinetuneOptions
+
+    base = dict(model=str(model), out=str(tmp_path / "run"), epochs=1, batch_size=8, lr=1e-3, quiet=True,
+                device="cpu", precision="fp32")
+    base.update(fields)
+    return FinetuneOptions(**base)
+
+
+def finetune_cli(*args) -> dict:
+    """``bertcli finetune ARGS --device cpu --json`` in-process, one torch thread; the JSON summary."""
+    import torch
+    from typer.testing import CliRunner
+
+    from bertcli.cli.app import app
+
+    torch.set_num_threads(1)
+    result = CliRunner().invoke(app, ["finetune", *map(str, args), "--device", "cpu", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])

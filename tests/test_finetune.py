@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from conftest import finetune_cli, finetune_options
 
 from bertcli.errors import ConfigError, DataError, TokenizerError
 
@@ -29,15 +30,10 @@ def sentiment_csv(path: Path, n: int = 2, extra: str = "") -> Path:
 
 
 def options(model, tmp_path, **kw):
-    from bertcli.tasks.classification import FinetuneOptions
-
     train = kw.pop("train", None) or sentiment_csv(tmp_path / "train.csv")
     dev = kw.pop("dev", None) or sentiment_csv(tmp_path / "dev.csv", n=1)
-    base = dict(model=str(model), train=str(train), dev=str(dev), text_column="text", label_column="label",
-                out=str(tmp_path / "run"), epochs=1, batch_size=8, lr=1e-3, quiet=True, device="cpu",
-                precision="fp32")
-    base.update(kw)
-    return FinetuneOptions(**base)
+    return finetune_options(model, tmp_path, **{"train": str(train), "dev": str(dev), "text_column": "text",
+                                                "label_column": "label", **kw})
 
 
 def make_task(model, tmp_path, **kw):
@@ -49,23 +45,13 @@ def make_task(model, tmp_path, **kw):
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     """One tiny classification run through the CLI, shared by the checks below."""
-    import torch
-    from typer.testing import CliRunner
-
-    from bertcli.cli.app import app
-
-    torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("ft")
     train = sentiment_csv(d / "train.csv")
     dev = sentiment_csv(d / "dev.csv", n=1)
     out = d / "run"
-    result = CliRunner().invoke(app, [
-        "finetune", "--model", str(tiny_model_dir), "--train", str(train), "--dev", str(dev), "--test", str(dev),
-        "--text-column", "text", "--label-column", "label", "--out", str(out), "--epochs", "2",
-        "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", "--json",
-    ], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = finetune_cli("--model", tiny_model_dir, "--train", train, "--dev", dev, "--test", dev,
+                           "--text-column", "text", "--label-column", "label", "--out", out, "--epochs", "2",
+                           "--batch-size", "8", "--lr", "1e-3")
     return out, summary, dev
 
 
