@@ -298,21 +298,15 @@ class TokenClassificationTask(FinetuneTask):
 
     # ------------------------------------------------------------ Task interface
     def build_model(self):
-        from bertcli.checkpoint import load_into
         from bertcli.heads import BertForTokenClassification
 
         model = BertForTokenClassification(self.config, self.num_labels)
-        state = dict(self.checkpoint.state)
-        head = state.get("classifier.weight")
-        old = self.checkpoint.id2label or {}
+        head = self.checkpoint.state.get("classifier.weight")
         same = (head is not None and head.shape[0] == self.num_labels
                 and self.checkpoint.bertcli.get("task", "token-classification") == "token-classification"
-                and "pooler" not in self.checkpoint.heads
-                and [old.get(i) for i in range(self.num_labels)] == [self.id2label[i] for i in range(self.num_labels)])
-        if not same:  # a new head (another task's head, or other tags)
-            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        load_into(model, state, str(self.checkpoint.path), allow_missing=("classifier.",))
-        return model
+                and "pooler" not in self.checkpoint.heads and self.same_labels())
+        # else a new head (another task's head, or other tags)
+        return self.load_start(model, keep_head=same, allow_missing=("classifier.",))
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
         split = self.train_split
