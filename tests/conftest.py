@@ -108,3 +108,34 @@ def finetune_cli(*args) -> dict:
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def interrupt_and_resume(task_class, make_options, tmp_path, monkeypatch, *, at_call: int = 4):
+    """Fine-tune straight to ``tmp_path/a``; again to ``tmp_path/b`` with a SIGINT at the ``at_call``-th loss,
+    then ``--resume auto``. Returns (the TrainingInterrupted raised, a's and b's step-6 weights)."""
+    import dataclasses
+    import signal
+
+    from bertcli.checkpoint import read_weights
+    from bertcli.tasks.classification import finetune
+    from bertcli.train import TrainingInterrupted
+
+    finetune(make_options(out=str(tmp_path / "a")))
+    original = task_class.compute_loss
+    calls = {"n": 0}
+
+    def interrupting(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(task_class, "compute_loss", interrupting)
+    broken = make_options(out=str(tmp_path / "b"))
+    with pytest.raises(TrainingInterrupted) as info:
+        finetune(broken)
+    monkeypatch.setattr(task_class, "compute_loss", original)
+    finetune(dataclasses.replace(broken, resume="auto"))
+    a = read_weights(tmp_path / "a" / "checkpoints" / "step-6" / "model.safetensors")
+    b = read_weights(tmp_path / "b" / "checkpoints" / "step-6" / "model.safetensors")
+    return info.value, a, b

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
-from conftest import finetune_cli, finetune_options
+from conftest import finetune_cli, finetune_options, interrupt_and_resume
 
 from bertcli.errors import ConfigError, DataError, TokenizerError
 
@@ -251,35 +250,14 @@ def test_regression_non_numeric_label_gives_line(tiny_model_dir, tmp_path):
 
 # ------------------------------------------------------------ resume
 def test_resume_after_interrupt_matches_uninterrupted(tiny_model_dir, tmp_path, monkeypatch):
-    from bertcli.checkpoint import read_weights
-    from bertcli.tasks.classification import SequenceClassificationTask, finetune
-    from bertcli.train import TrainingInterrupted
+    from bertcli.tasks.classification import SequenceClassificationTask
 
     train = sentiment_csv(tmp_path / "train.csv")  # 24 rows, batch 8: 3 steps per epoch
     dev = sentiment_csv(tmp_path / "dev.csv", n=1)
-    straight = options(tiny_model_dir, tmp_path, train=train, dev=dev, epochs=2, out=str(tmp_path / "a"))
-    finetune(straight)
-
-    original = SequenceClassificationTask.compute_loss
-    calls = {"n": 0}
-
-    def interrupting(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # in the second epoch
-            signal.raise_signal(signal.SIGINT)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(SequenceClassificationTask, "compute_loss", interrupting)
-    broken = options(tiny_model_dir, tmp_path, train=train, dev=dev, epochs=2, out=str(tmp_path / "b"))
-    with pytest.raises(TrainingInterrupted) as info:
-        finetune(broken)
-    assert info.value.exit_code == 130
-    monkeypatch.setattr(SequenceClassificationTask, "compute_loss", original)
-    import dataclasses
-
-    finetune(dataclasses.replace(broken, resume="auto"))
-    a = read_weights(tmp_path / "a" / "checkpoints" / "step-6" / "model.safetensors")
-    b = read_weights(tmp_path / "b" / "checkpoints" / "step-6" / "model.safetensors")
+    exc, a, b = interrupt_and_resume(  # SIGINT at the 4th loss: in the second epoch
+        SequenceClassificationTask, lambda **kw: options(tiny_model_dir, tmp_path, train=train, dev=dev, epochs=2, **kw),
+        tmp_path, monkeypatch)
+    assert exc.exit_code == 130
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] == b[k]).all(), k

@@ -3,14 +3,12 @@ seqeval metrics, checkpoint (HF parity, label map), resume, and predict with exa
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import finetune_cli, finetune_options
+from conftest import finetune_cli, finetune_options, interrupt_and_resume
 
 from bertcli.errors import ConfigError, DataError
 
@@ -353,32 +351,12 @@ def test_continue_from_ner_checkpoint_keeps_the_head(trained, tmp_path):
 
 
 def test_resume_after_interrupt_matches_uninterrupted(tiny_model_dir, tmp_path, monkeypatch):
-    from bertcli.checkpoint import read_weights
-    from bertcli.tasks.classification import finetune
     from bertcli.tasks.token_classification import TokenClassificationTask
-    from bertcli.train import TrainingInterrupted
 
     train = synthetic_conll(tmp_path / "train.conll", n=24)  # batch 8: 3 steps per epoch
-    straight = options(tiny_model_dir, tmp_path, train=train, epochs=2, out=str(tmp_path / "a"))
-    finetune(straight)
-
-    original = TokenClassificationTask.compute_loss
-    calls = {"n": 0}
-
-    def interrupting(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # in the second epoch
-            signal.raise_signal(signal.SIGINT)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(TokenClassificationTask, "compute_loss", interrupting)
-    broken = options(tiny_model_dir, tmp_path, train=train, epochs=2, out=str(tmp_path / "b"))
-    with pytest.raises(TrainingInterrupted):
-        finetune(broken)
-    monkeypatch.setattr(TokenClassificationTask, "compute_loss", original)
-    finetune(dataclasses.replace(broken, resume="auto"))
-    a = read_weights(tmp_path / "a" / "checkpoints" / "step-6" / "model.safetensors")
-    b = read_weights(tmp_path / "b" / "checkpoints" / "step-6" / "model.safetensors")
+    _, a, b = interrupt_and_resume(  # SIGINT at the 4th loss: in the second epoch
+        TokenClassificationTask, lambda **kw: options(tiny_model_dir, tmp_path, train=train, epochs=2, **kw),
+        tmp_path, monkeypatch)
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] == b[k]).all(), k
