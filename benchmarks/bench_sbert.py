@@ -107,6 +107,16 @@ def st_worker(args) -> None:
     print(json.dumps({"train_s": train_s, "steps": total, "warmup_steps": warmup}))
 
 
+def timed_json_run(cmd: list[str], tool: str) -> tuple[dict, float]:
+    """Run ``cmd``; (the JSON object on its last stdout line, wall seconds). Exit with its stderr if it fails."""
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"{tool} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1]), wall
+
+
 def run_bertcli(args, out: str) -> dict:
     cmd = [sys.executable, "-m", "bertcli", "finetune", "--task", "sentence-embedding", "--loss", "cosine",
            "--label-scale", "5", "--pooling", args.pooling, "--model", args.model, "--train", args.train,
@@ -115,12 +125,7 @@ def run_bertcli(args, out: str) -> dict:
            str(args.batch_size), "--lr", str(args.lr), "--warmup", str(args.warmup), "--weight-decay", "0.01",
            "--max-length", str(args.max_length), "--seed", str(args.seed), "--device", "cpu", "--precision",
            args.precision, "--out", out, "--json", "--quiet"]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"bertcli failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    summary, wall = timed_json_run(cmd, "bertcli")
     return {"wall_s": wall, "train_s": summary["time_s"], "steps": summary["steps"],
             "dev_spearman_bertcli": summary["final_metrics"]["spearman"]}
 
@@ -130,12 +135,7 @@ def run_st(args, out: str) -> dict:
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
            "--warmup", str(args.warmup), "--max-length", str(args.max_length), "--seed", str(args.seed),
            "--pooling", args.pooling, "--out", out]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"sentence-transformers failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    info = json.loads(res.stdout.strip().splitlines()[-1])
+    info, wall = timed_json_run(cmd, "sentence-transformers")
     return {"wall_s": wall, "train_s": info["train_s"], "steps": info["steps"]}
 
 

@@ -164,13 +164,12 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
 
 
 def _progress_bar(total: int):
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from bertcli.cli._common import err_console
 
     return Progress(
         TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("texts"),
-        TimeRemainingColumn(), console=err_console, transient=True,
+        TimeRemainingColumn(), console=Console(stderr=True, highlight=False), transient=True,
     )
 
 
@@ -281,31 +280,16 @@ def embed(
     return EmbedResult(v.numpy() if return_numpy else v, stats)
 
 
-def encode(
-    texts: Sequence[str],
-    model: Any,
-    *,
-    pooling: str | None = None,
-    normalize: bool | None = None,
-    max_length: int | None = None,
-    batch_tokens: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    progress: bool | Callable[[int, int], None] = False,
-    return_numpy: bool = False,
-):
+def encode(texts: Sequence[str], model: Any, **options: Any):
     """Embed ``texts`` with ``model`` (a checkpoint directory or an :class:`Encoder`).
 
     Returns an (N, H) float32 CPU tensor (numpy array with ``return_numpy``), row i for text i.
-    ``pooling`` (cls|mean|max), ``normalize`` and ``max_length`` default to the checkpoint's
-    sentence-transformers settings, else mean pooling, normalised, the model's max positions.
+    ``options`` are :func:`embed`'s: ``pooling`` (cls|mean|max), ``normalize`` and ``max_length``
+    default to the checkpoint's sentence-transformers settings, else mean pooling, normalised, the
+    model's max positions; ``batch_tokens``, ``device``, ``precision``, ``progress``, ``return_numpy``.
     Use :func:`embed` for the statistics (e.g. how many texts were truncated).
     """
-    return embed(
-        texts, model, pooling=pooling, normalize=normalize, max_length=max_length,
-        batch_tokens=batch_tokens, device=device, precision=precision, progress=progress,
-        return_numpy=return_numpy,
-    ).vectors
+    return embed(texts, model, **options).vectors
 
 
 # ============================================================ similarity

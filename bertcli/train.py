@@ -486,7 +486,7 @@ def fit(task: Task, args: TrainArgs) -> dict:
     run = _Run(task, args)
     try:
         with _Signals() as signals:
-            return _fit(run, signals)
+            return Trainer(run, signals).fit()
     finally:
         if run.own_pg:
             import torch.distributed as dist
@@ -495,190 +495,211 @@ def fit(task: Task, args: TrainArgs) -> dict:
                 dist.destroy_process_group()
 
 
-def _fit(run: _Run, signals: _Signals) -> dict:  # noqa: C901 - the loop is long by nature
-    import torch
+class Trainer:
+    """One training run: the loop's state (position, best metric, counters) and the pieces of a step.
 
-    from bertcli.checkpoint import WEIGHTS_NAME, load_checkpoint, load_into, save_checkpoint
-    from bertcli.config import save_yaml
-    from bertcli.device import autocast
+    :meth:`fit` is the loop; every other method owns one piece of it and says which.
+    """
 
-    task, args, device = run.task, run.args, run.device
-    out = run.out
-    start_time = time.monotonic()
-    if run.main:
-        _prepare_out(out)
-    run.barrier()
-    resume_dir = _find_resume(args, out)
+    def __init__(self, run: _Run, signals: _Signals):
+        self.run, self.signals = run, signals
+        self.task, self.args, self.device, self.out = run.task, run.args, run.device, run.out
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.start_time = time.monotonic()
+        # position and what a checkpoint carries
+        self.step, self.epoch, self.batch_pos = 0, 0, 0
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.bad_evals = 0
+        self.tokens_seen = 0
+        self.history_evals: list[dict] = []
+        self.prior_elapsed = 0.0
+        self.micro_bs: int | None = None  # micro-batch size chosen by --auto-batch-size (None: unsplit)
+        self.skipped_steps = 0            # non-finite steps skipped (--skip-nonfinite)
+        self.overflow_steps = 0           # fp16 steps the GradScaler skipped
+        self.resume_dir: Path | None = None
+        self.last_saved: int | None = None
+        # this session only
+        self.status = "completed"
+        self.interrupted: int | None = None
+        self.stop_requested = False       # set by evaluation (early stopping)
+        self.last_loss: float | None = None
+        self.window_loss, self.window_n, self.window_tokens, self.window_t0 = 0.0, 0, 0, time.monotonic()
+        self.session_tokens = 0
+        self.train_time = 0.0  # seconds inside optimizer steps (for tokens/s)
+        self.progress = None
+        self.bar = None
 
-    # ---- model and optimizer (the init is seeded, so every rank starts equal)
-    torch.manual_seed(derive_seed(args.seed, "init"))
-    model = task.build_model().to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr,
-                                  betas=(0.9, 0.999), eps=1e-8)
-    scaler = torch.amp.GradScaler(device.type) if run.precision == "fp16" else None
+    # ---------------------------------------------------------- the loop
+    def fit(self) -> dict:
+        """Resume, then run optimizer steps until a stop condition; save, export and summarise."""
+        self.build()
+        self.resume()
+        self.plan()
+        self.start_progress()
+        stop = self.step >= self.total
+        self.model.train()
+        try:
+            while not stop:
+                micro = self.next_batches()
+                if micro is None:  # the last epoch is over
+                    break
+                self.set_lr()
+                step_t0 = time.monotonic()
+                loss, tokens, finite = self.forward_backward_retrying(micro)
+                loss, finite = self.run.reduce_loss(loss, finite)
+                skipped = self.optimizer_step(loss, finite)
+                self.train_time += time.monotonic() - step_t0
+                self.advance(micro, loss, tokens, skipped)
+                self.log()
+                done, got_signal, over_time = self.stop_conditions()
+                saved = self.maybe_evaluate(done, got_signal)
+                saved = self.maybe_save(saved)
+                stop = self.decide_stop(done, got_signal, over_time, saved)
+        finally:
+            if self.progress is not None:
+                self.progress.stop()
+        return self.finish()
 
-    step, epoch, batch_pos = 0, 0, 0
-    best_value: float | None = None
-    best_step: int | None = None
-    bad_evals = 0
-    tokens_seen = 0
-    history_evals: list[dict] = []
-    prior_elapsed = 0.0
-    micro_bs: int | None = None  # micro-batch size chosen by --auto-batch-size (None: unsplit)
-    skipped_steps = 0            # non-finite steps skipped (--skip-nonfinite)
-    overflow_steps = 0           # fp16 steps the GradScaler skipped
-    if args.auto_batch_size and run.world > 1:
-        raise ConfigError("--auto-batch-size works in a single process; under torchrun choose --batch-size "
-                          "(and --grad-accum) yourself")
-    if resume_dir is not None:
-        info, opt_tensors = read_trainer_state(resume_dir)
-        ckpt = load_checkpoint(resume_dir)
-        load_into(_unwrap(model), ckpt.state, str(resume_dir / WEIGHTS_NAME))
-        _optimizer_from_files(optimizer, opt_tensors, info["optimizer"], str(resume_dir / STATE_DIR))
-        if scaler is not None and info.get("scaler"):
-            scaler.load_state_dict(info["scaler"])
-        step, epoch, batch_pos = int(info["step"]), int(info["epoch"]), int(info["batch"])
-        best_value, best_step = info.get("best_value"), info.get("best_step")
-        bad_evals = int(info.get("bad_evals", 0))
-        tokens_seen = int(info.get("tokens_seen", 0))
-        history_evals = list(info.get("evals", []))
-        prior_elapsed = float(info.get("elapsed", 0.0))
-        micro_bs = info.get("micro_batch_size")
-        skipped_steps = int(info.get("skipped_steps", 0))
-        overflow_steps = int(info.get("overflow_steps", 0))
-        saved = info.get("args", {})
-        for key in ("batch_size", "grad_accum", "seed"):
-            if key in saved and saved[key] != getattr(args, key):
-                raise ConfigError(
-                    f"--resume {resume_dir}: the run used {key}={saved[key]} but now {key}={getattr(args, key)}; "
-                    f"exact resume needs the same value"
-                )
-        if saved.get("world_size", 1) != run.world:
-            raise ConfigError(
-                f"--resume {resume_dir}: the run used {saved.get('world_size', 1)} process(es), now {run.world}; "
-                f"exact resume needs the same number"
-            )
+    # ---------------------------------------------------------- set-up
+    def build(self) -> None:
+        """The run directory, the checkpoint to resume from, the model (seeded init), AdamW and the fp16 scaler."""
+        import torch
+
+        run, args = self.run, self.args
         if run.main:
-            _truncate_metrics(out / "metrics.jsonl", step)
-
-    elif run.main and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a fresh run (an earlier one left no checkpoint)
-
-    if run.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    raw_model = _unwrap(model)
-
-    # ---- schedule
-    def epoch_batches(e: int) -> list:
-        g = make_generator(args.seed, "data", e)
-        return task.train_batches(e, g, args.batch_size, run.rank, run.world)
-
-    batches = epoch_batches(epoch)
-    if not batches:
-        raise TrainingError("no training batches: the training data is empty")
-    steps_per_epoch = math.ceil(len(batches) / args.grad_accum)
-    total = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
-    warmup_steps = int(args.warmup * total) if args.warmup < 1 else int(args.warmup)
-    base_lrs = [args.lr for _ in optimizer.param_groups]
-
-    run_yaml = {"train": dataclasses.asdict(args), "world_size": run.world, "device": str(device),
-                "precision": run.precision, "total_steps": total, **(task.run_config or {})}
-    if run.main:
-        save_yaml(run_yaml, out / "run.yaml")
-
-    metrics_path = out / "metrics.jsonl"
-    saved_steps: list[int] = [s for s, _ in checkpoint_steps(out)]
-    last_saved = step if resume_dir is not None else None
-    last_eval: dict[str, float] = history_evals[-1]["metrics"] if history_evals else {}
-
-    # ---- checkpointing
-    def save(at_step: int, ep: int, pos: int, *, reason: str) -> Path | None:
-        nonlocal last_saved
-        if pos >= len(batches):
-            ep, pos = ep + 1, 0
-        if run.main:
-            payload = task.checkpoint_payload(raw_model)
-            for k, v in payload["state"].items():
-                if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                    raise TrainingError(f"step {at_step}: parameter {k} is not finite; not writing the checkpoint")
-            info = {
-                "step": at_step, "epoch": ep, "batch": pos, "best_value": best_value, "best_step": best_step,
-                "bad_evals": bad_evals, "tokens_seen": tokens_seen, "evals": history_evals,
-                "elapsed": prior_elapsed + time.monotonic() - start_time, "reason": reason,
-                "micro_batch_size": micro_bs, "skipped_steps": skipped_steps, "overflow_steps": overflow_steps,
-                "args": {**dataclasses.asdict(args), "world_size": run.world}, "task": task.name,
-            }
-            path = out / "checkpoints" / f"step-{at_step}"
-            save_checkpoint(path, **payload, before_commit=lambda tmp: write_trainer_state(tmp, optimizer, scaler, info))
-            if at_step not in saved_steps:
-                saved_steps.append(at_step)
-            # prune only after the new checkpoint is in place
-            keep = set(sorted(saved_steps)[-args.keep_last:])
-            if best_step is not None:
-                keep.add(best_step)
-            for s in list(saved_steps):
-                if s not in keep:
-                    shutil.rmtree(out / "checkpoints" / f"step-{s}", ignore_errors=True)
-                    saved_steps.remove(s)
+            _prepare_out(self.out)
         run.barrier()
-        last_saved = at_step
-        return out / "checkpoints" / f"step-{at_step}"
+        self.resume_dir = _find_resume(args, self.out)
+        torch.manual_seed(derive_seed(args.seed, "init"))  # every rank starts equal
+        self.model = self.task.build_model().to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr,
+                                           betas=(0.9, 0.999), eps=1e-8)
+        self.scaler = torch.amp.GradScaler(self.device.type) if run.precision == "fp16" else None
+        if args.auto_batch_size and run.world > 1:
+            raise ConfigError("--auto-batch-size works in a single process; under torchrun choose --batch-size "
+                              "(and --grad-accum) yourself")
 
-    # ---- evaluation
-    def evaluate(at_step: int, ep: int) -> dict[str, float]:
-        nonlocal best_value, best_step, bad_evals, last_eval
-        metrics: dict[str, float] = {}
-        improved = False
-        if run.main:
-            raw_model.eval()
-            with torch.no_grad(), autocast(device, run.precision):
-                metrics = {k: float(v) for k, v in (task.evaluate(raw_model, device) or {}).items()}
-            raw_model.train()
-            if args.best_metric is not None and metrics:
-                if args.best_metric not in metrics:
+    def resume(self) -> None:
+        """Exact resume: weights, optimizer, scaler, position and counters from the trainer state; then DDP."""
+        from bertcli.checkpoint import WEIGHTS_NAME, load_checkpoint, load_into
+
+        run, args, resume_dir = self.run, self.args, self.resume_dir
+        if resume_dir is not None:
+            info, opt_tensors = read_trainer_state(resume_dir)
+            ckpt = load_checkpoint(resume_dir)
+            load_into(_unwrap(self.model), ckpt.state, str(resume_dir / WEIGHTS_NAME))
+            _optimizer_from_files(self.optimizer, opt_tensors, info["optimizer"], str(resume_dir / STATE_DIR))
+            if self.scaler is not None and info.get("scaler"):
+                self.scaler.load_state_dict(info["scaler"])
+            self.step, self.epoch, self.batch_pos = int(info["step"]), int(info["epoch"]), int(info["batch"])
+            self.best_value, self.best_step = info.get("best_value"), info.get("best_step")
+            self.bad_evals = int(info.get("bad_evals", 0))
+            self.tokens_seen = int(info.get("tokens_seen", 0))
+            self.history_evals = list(info.get("evals", []))
+            self.prior_elapsed = float(info.get("elapsed", 0.0))
+            self.micro_bs = info.get("micro_batch_size")
+            self.skipped_steps = int(info.get("skipped_steps", 0))
+            self.overflow_steps = int(info.get("overflow_steps", 0))
+            saved = info.get("args", {})
+            for key in ("batch_size", "grad_accum", "seed"):
+                if key in saved and saved[key] != getattr(args, key):
                     raise ConfigError(
-                        f"best metric '{args.best_metric}' is not among the evaluation metrics: "
-                        f"{', '.join(sorted(metrics))}"
+                        f"--resume {resume_dir}: the run used {key}={saved[key]} but now {key}={getattr(args, key)}; "
+                        f"exact resume needs the same value"
                     )
-                value = metrics[args.best_metric]
-                if _is_better(value, best_value, args.greater_is_better):
-                    best_value, best_step, bad_evals, improved = value, at_step, 0, True
-                else:
-                    bad_evals += 1
-            record = {"step": at_step, "epoch": ep, "eval": metrics}
-            _append_jsonl(metrics_path, record)
-            history_evals.append({"step": at_step, "metrics": metrics})
-            last_eval = metrics
-        flags = run.broadcast_floats([float(improved), float(bad_evals),
-                                      -1.0 if best_step is None else float(best_step)])
-        improved, bad_evals = bool(flags[0]), int(flags[1])
-        best_step = None if flags[2] < 0 else int(flags[2])
-        return {"improved": improved, **metrics}
+            if saved.get("world_size", 1) != run.world:
+                raise ConfigError(
+                    f"--resume {resume_dir}: the run used {saved.get('world_size', 1)} process(es), now {run.world}; "
+                    f"exact resume needs the same number"
+                )
+            if run.main:
+                _truncate_metrics(self.metrics_path, self.step)
+            self.last_saved = self.step
+        elif run.main and self.metrics_path.exists():
+            self.metrics_path.unlink()  # a fresh run (an earlier one left no checkpoint)
+        if run.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-    # ---- progress
-    progress = None
-    bar = None
-    if run.main and not args.quiet:
+            device = self.device
+            self.model = DistributedDataParallel(self.model,
+                                                 device_ids=[device.index] if device.type == "cuda" else None)
+        self.raw_model = _unwrap(self.model)
+
+    def plan(self) -> None:
+        """This epoch's batches, the total step count, warmup, ``run.yaml`` and the checkpoints on disk."""
+        args, run = self.args, self.run
+        self.batches = self.epoch_batches(self.epoch)
+        if not self.batches:
+            raise TrainingError("no training batches: the training data is empty")
+        steps_per_epoch = math.ceil(len(self.batches) / args.grad_accum)
+        self.total = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
+        self.warmup_steps = int(args.warmup * self.total) if args.warmup < 1 else int(args.warmup)
+        self.base_lrs = [args.lr for _ in self.optimizer.param_groups]
+        if run.main:
+            from bertcli.config import save_yaml
+
+            save_yaml({"train": dataclasses.asdict(args), "world_size": run.world, "device": str(self.device),
+                       "precision": run.precision, "total_steps": self.total, **(self.task.run_config or {})},
+                      self.out / "run.yaml")
+        self.saved_steps: list[int] = [s for s, _ in checkpoint_steps(self.out)]
+        self.last_eval: dict[str, float] = self.history_evals[-1]["metrics"] if self.history_evals else {}
+
+    def start_progress(self) -> None:
+        """The rich progress bar on stderr (rank 0, unless --quiet)."""
+        if not (self.run.main and not self.args.quiet):
+            return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        progress = Progress(
+        self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
             console=Console(stderr=True), transient=False,
         )
-        progress.start()
-        bar = progress.add_task(task.name, total=total, completed=step, info="")
+        self.progress.start()
+        self.bar = self.progress.add_task(self.task.name, total=self.total, completed=self.step, info="")
 
-    def forward_backward(micro: list, gen) -> tuple[float, int, bool]:
-        """Forward and backward over the micro-batches of one step (cut to ``micro_bs`` if set)."""
-        pieces = []  # (batch, weight numerator, weight denominator): the loss is a mean over examples
+    # ---------------------------------------------------------- batches
+    def epoch_batches(self, e: int) -> list:
+        """The batches of epoch ``e`` for this rank; the order is derived from ``(seed, e)``."""
+        g = make_generator(self.args.seed, "data", e)
+        return self.task.train_batches(e, g, self.args.batch_size, self.run.rank, self.run.world)
+
+    def next_batches(self) -> list | None:
+        """The micro-batches of the next step, moving to the next epoch at its end; None after the last."""
+        if self.batch_pos >= len(self.batches):
+            self.epoch += 1
+            self.batch_pos = 0
+            if self.args.max_steps is None and self.epoch >= self.args.epochs:
+                return None
+            self.batches = self.epoch_batches(self.epoch)
+            if not self.batches:
+                raise TrainingError(f"epoch {self.epoch}: no training batches")
+        return self.batches[self.batch_pos:self.batch_pos + self.args.grad_accum]
+
+    def set_lr(self) -> None:
+        """The learning rate of this step: warmup, then the schedule."""
+        factor = lr_factor(self.step, self.total, self.warmup_steps, self.args.schedule)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+
+    # ---------------------------------------------------------- forward / backward
+    def forward_backward(self, micro: list, gen) -> tuple[float, int, bool]:
+        """Forward and backward over the micro-batches of one step (cut to ``micro_bs`` if set).
+
+        Owns accumulation (the loss is a mean over examples), autocast, the fp16 loss scale and
+        DDP's ``no_sync`` on all but the last piece. Returns (loss, tokens, finite).
+        """
+        from bertcli.device import autocast
+
+        model, device, micro_bs, run = self.model, self.device, self.micro_bs, self.run
+        pieces = []  # (batch, weight numerator, weight denominator)
         for batch in micro:
             n = batch_len(batch) if micro_bs is not None else 0
             if micro_bs is not None and n > micro_bs:
-                pieces.extend((piece, batch_len(piece), n * len(micro)) for piece in task.split_batch(batch, micro_bs))
+                pieces.extend((piece, batch_len(piece), n * len(micro))
+                              for piece in self.task.split_batch(batch, micro_bs))
             else:
                 pieces.append((batch, 1, len(micro)))
         step_loss, step_tokens, finite = 0.0, 0, True
@@ -687,59 +708,39 @@ def _fit(run: _Run, signals: _Signals) -> dict:  # noqa: C901 - the loop is long
             ctx = model.no_sync() if (run.world > 1 and not sync) else _nullcontext()
             with ctx:
                 with autocast(device, run.precision):
-                    loss, logs = task.compute_loss(model, batch, gen, device)
+                    loss, logs = self.task.compute_loss(model, batch, gen, device)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     finite = False
                 scaled = loss * num / den if num != 1 else loss / den
-                if scaler is not None:
-                    scaler.scale(scaled).backward()
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
                 else:
                     scaled.backward()
             step_loss += loss_value * num / den if num != 1 else loss_value / den
             step_tokens += int(logs.get("tokens", 0)) if logs else 0
         return step_loss, step_tokens, finite
 
-    status = "completed"
-    interrupted: int | None = None
-    last_loss: float | None = None
-    window_loss, window_n, window_tokens, window_t0 = 0.0, 0, 0, time.monotonic()
-    session_tokens = 0
-    train_time = 0.0  # seconds inside optimizer steps (for tokens/s)
-    stop = step >= total
-    model.train()
-    try:
-        while not stop:
-            if batch_pos >= len(batches):
-                # end of epoch
-                epoch += 1
-                batch_pos = 0
-                if args.max_steps is None and epoch >= args.epochs:
-                    break
-                batches = epoch_batches(epoch)
-                if not batches:
-                    raise TrainingError(f"epoch {epoch}: no training batches")
-            micro = batches[batch_pos:batch_pos + args.grad_accum]
-            # ---- one optimizer step
-            factor = lr_factor(step, total, warmup_steps, args.schedule)
-            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base * factor
-            step_t0 = time.monotonic()
-            while True:  # retried with smaller micro-batches after an out-of-memory error
-                torch.manual_seed(derive_seed(args.seed, "dropout", step, run.rank))
-                gen = make_generator(args.seed, "step", step, run.rank)
-                out_of_memory = False
-                try:
-                    step_loss, step_tokens, finite = forward_backward(micro, gen)
-                except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled; the rest passes
-                    if not is_out_of_memory(exc):
-                        raise
-                    out_of_memory = True  # handled below, outside the except: its frames hold the tensors
-                if not out_of_memory:
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                _free_memory(device)
-                size = micro_bs or max(batch_len(b) for b in micro)
+    def forward_backward_retrying(self, micro: list) -> tuple[float, int, bool]:
+        """:meth:`forward_backward` with this step's seeds; on out-of-memory, halve the micro-batch and retry
+        (``--auto-batch-size``) or stop with advice."""
+        import torch
+
+        args, step = self.args, self.step
+        while True:
+            torch.manual_seed(derive_seed(args.seed, "dropout", step, self.run.rank))
+            gen = make_generator(args.seed, "step", step, self.run.rank)
+            out_of_memory = False
+            try:
+                return self.forward_backward(micro, gen)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled; the rest passes
+                if not is_out_of_memory(exc):
+                    raise
+                out_of_memory = True  # handled below, outside the except: its frames hold the tensors
+            if out_of_memory:
+                self.optimizer.zero_grad(set_to_none=True)
+                _free_memory(self.device)
+                size = self.micro_bs or max(batch_len(b) for b in micro)
                 if not args.auto_batch_size:
                     raise TrainingError(
                         f"step {step + 1}: out of memory with micro-batches of {size} examples; use a smaller "
@@ -750,154 +751,261 @@ def _fit(run: _Run, signals: _Signals) -> dict:  # noqa: C901 - the loop is long
                         f"step {step + 1}: out of memory even at a micro-batch size of 1; use a shorter "
                         f"maximum length, a smaller model or another --precision"
                     )
-                micro_bs = max(1, size // 2)
-                _note(progress, args, f"step {step + 1}: out of memory; retrying with micro-batches of "
-                                      f"{micro_bs} (--auto-batch-size; the effective batch is unchanged)")
-            step_loss, finite = run.reduce_loss(step_loss, finite)
-            grad_finite, grad_norm = True, None
-            if finite:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if args.max_grad_norm > 0:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                elif scaler is None:
-                    grad_norm = torch.nn.utils.get_total_norm(
-                        [p.grad for p in model.parameters() if p.grad is not None])
-                # with fp16 the GradScaler skips overflowing steps itself (counted below)
-                grad_finite = scaler is not None or grad_norm is None or bool(torch.isfinite(grad_norm))
-            skipped = not (finite and grad_finite)
-            if skipped:
-                what = "loss" if not finite else "gradient"
-                value = step_loss if not finite else float(grad_norm)
-                if skipped_steps >= args.skip_nonfinite:
-                    raise TrainingError(
-                        f"step {step + 1}: the {what} is not finite ({value}); training stopped"
-                        + (f" after {skipped_steps} skipped step(s) (--skip-nonfinite {args.skip_nonfinite})"
-                           if args.skip_nonfinite else "") + ". "
-                        + (f"The last good checkpoint is {out / 'checkpoints' / f'step-{last_saved}'}; "
-                           if last_saved is not None else "No checkpoint was written; ")
-                        + "try a lower --lr, --precision fp32, a smaller --max-grad-norm or --skip-nonfinite N"
+                self.micro_bs = max(1, size // 2)
+                _note(self.progress, args, f"step {step + 1}: out of memory; retrying with micro-batches of "
+                                           f"{self.micro_bs} (--auto-batch-size; the effective batch is unchanged)")
+
+    # ---------------------------------------------------------- optimizer step
+    def optimizer_step(self, loss: float, finite: bool) -> bool:
+        """Unscale, clip, check the gradient, then step (or skip a non-finite step); True when skipped."""
+        import torch
+
+        model, scaler, optimizer, args = self.model, self.scaler, self.optimizer, self.args
+        grad_finite, grad_norm = True, None
+        if finite:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if args.max_grad_norm > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            elif scaler is None:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            # with fp16 the GradScaler skips overflowing steps itself (counted below)
+            grad_finite = scaler is not None or grad_norm is None or bool(torch.isfinite(grad_norm))
+        skipped = not (finite and grad_finite)
+        if skipped:
+            what = "loss" if not finite else "gradient"
+            self.skip_nonfinite(what, loss if not finite else float(grad_norm))
+        elif scaler is not None:
+            scale = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.get_scale() < scale:
+                self.overflow_steps += 1  # fp16 gradients overflowed: the scaler skipped the update
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return skipped
+
+    def skip_nonfinite(self, what: str, value: float) -> None:
+        """A non-finite loss or gradient: stop with advice, or skip and record it (``--skip-nonfinite N``)."""
+        args, step = self.args, self.step
+        if self.skipped_steps >= args.skip_nonfinite:
+            raise TrainingError(
+                f"step {step + 1}: the {what} is not finite ({value}); training stopped"
+                + (f" after {self.skipped_steps} skipped step(s) (--skip-nonfinite {args.skip_nonfinite})"
+                   if args.skip_nonfinite else "") + ". "
+                + (f"The last good checkpoint is {self.out / 'checkpoints' / f'step-{self.last_saved}'}; "
+                   if self.last_saved is not None else "No checkpoint was written; ")
+                + "try a lower --lr, --precision fp32, a smaller --max-grad-norm or --skip-nonfinite N"
+            )
+        self.skipped_steps += 1
+        if self.run.main:
+            _append_jsonl(self.metrics_path, {"step": step + 1, "epoch": self.epoch, "skipped": f"non-finite {what}",
+                                              "value": str(value), "skipped_steps": self.skipped_steps})
+        _note(self.progress, args, f"step {step + 1}: the {what} is not finite ({value}); step skipped "
+                                   f"({self.skipped_steps} of --skip-nonfinite {args.skip_nonfinite})")
+
+    def advance(self, micro: list, loss: float, tokens: int, skipped: bool) -> None:
+        """Move the position one step on and count its tokens and loss."""
+        self.step += 1
+        self.batch_pos += len(micro)
+        tokens *= self.run.world
+        self.tokens_seen += tokens
+        self.session_tokens += tokens
+        self.window_tokens += tokens
+        if not skipped:
+            self.last_loss = loss
+            self.window_loss += loss
+            self.window_n += 1
+
+    # ---------------------------------------------------------- log, evaluate, save, stop
+    def log(self) -> None:
+        """Every ``log_every`` steps: the mean loss, lr and tokens/s to ``metrics.jsonl`` and the bar."""
+        step, args = self.step, self.args
+        if (step % args.log_every == 0 or step == self.total) and self.window_n:
+            now = time.monotonic()
+            rate = self.window_tokens / max(now - self.window_t0, 1e-9)
+            lr = self.optimizer.param_groups[0]["lr"]
+            mean = self.window_loss / self.window_n
+            if self.run.main:
+                _append_jsonl(self.metrics_path, {"step": step, "epoch": self.epoch, "loss": mean, "lr": lr,
+                                                  "tokens_per_s": rate, "tokens": self.tokens_seen})
+            if self.progress is not None:
+                self.progress.update(self.bar, info=f"loss {mean:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s")
+            self.window_loss, self.window_n, self.window_tokens, self.window_t0 = 0.0, 0, 0, now
+        if self.progress is not None:
+            self.progress.update(self.bar, completed=step)
+
+    def stop_conditions(self) -> tuple[bool, bool, bool]:
+        """(done: the last step, got a signal on any rank, over --max-time on any rank)."""
+        args = self.args
+        end_of_epoch = self.batch_pos >= len(self.batches)
+        over_time = args.max_time is not None and time.monotonic() - self.start_time >= args.max_time
+        got_signal = self.run.any_rank(self.signals.received is not None)
+        over_time = self.run.any_rank(over_time)
+        done = self.step >= self.total or (args.max_steps is None and end_of_epoch and self.epoch + 1 >= args.epochs)
+        return done, got_signal, over_time
+
+    def maybe_evaluate(self, done: bool, got_signal: bool) -> bool:
+        """Evaluate when due (``eval_every``, the epoch's end, the last step); save on improvement; early
+        stopping. True when a checkpoint was written."""
+        args, step = self.args, self.step
+        end_of_epoch = self.batch_pos >= len(self.batches)
+        do_eval = (args.eval_every > 0 and step % args.eval_every == 0) or (args.eval_every == 0 and end_of_epoch)
+        if done and not got_signal:
+            do_eval = True
+        if not do_eval or got_signal:
+            return False
+        saved = False
+        result = self.evaluate(step, self.epoch)
+        if self.progress is not None and len(result) > 1:
+            self.progress.console.print(
+                f"step {step}: " + "  ".join(f"{k} {_format_metric(v)}" for k, v in result.items() if k != "improved"))
+        if args.save_every == 0 or result["improved"]:
+            self.save(step, self.epoch, self.batch_pos, reason="eval")
+            saved = True
+        if args.patience is not None and self.bad_evals >= args.patience:
+            self.status = "early_stopped"
+            self.stop_requested = True
+        return saved
+
+    def maybe_save(self, saved: bool) -> bool:
+        """The periodic checkpoint every ``save_every`` steps (unless this step already saved)."""
+        if self.args.save_every > 0 and self.step % self.args.save_every == 0 and not saved:
+            self.save(self.step, self.epoch, self.batch_pos, reason="periodic")
+            return True
+        return saved
+
+    def decide_stop(self, done: bool, got_signal: bool, over_time: bool, saved: bool) -> bool:
+        """Whether the loop ends after this step: done, early-stopped, a signal (saved first) or --max-time."""
+        stop = self.stop_requested
+        if got_signal:
+            self.interrupted = self.signals.received or signal.SIGTERM
+            if not saved:
+                self.save(self.step, self.epoch, self.batch_pos, reason="signal")
+            self.status = "interrupted"
+            stop = True
+        elif over_time and not done:
+            self.status = "max_time"
+            stop = True
+        return stop or done
+
+    def evaluate(self, at_step: int, ep: int) -> dict[str, float]:
+        """Run the task's metrics on rank 0, track the best metric and patience, share them with every rank."""
+        import torch
+
+        from bertcli.device import autocast
+
+        run, args = self.run, self.args
+        metrics: dict[str, float] = {}
+        improved = False
+        if run.main:
+            self.raw_model.eval()
+            with torch.no_grad(), autocast(self.device, run.precision):
+                metrics = {k: float(v) for k, v in (self.task.evaluate(self.raw_model, self.device) or {}).items()}
+            self.raw_model.train()
+            if args.best_metric is not None and metrics:
+                if args.best_metric not in metrics:
+                    raise ConfigError(
+                        f"best metric '{args.best_metric}' is not among the evaluation metrics: "
+                        f"{', '.join(sorted(metrics))}"
                     )
-                skipped_steps += 1
-                if run.main:
-                    _append_jsonl(metrics_path, {"step": step + 1, "epoch": epoch, "skipped": f"non-finite {what}",
-                                                 "value": str(value), "skipped_steps": skipped_steps})
-                _note(progress, args, f"step {step + 1}: the {what} is not finite ({value}); step skipped "
-                                      f"({skipped_steps} of --skip-nonfinite {args.skip_nonfinite})")
-            elif scaler is not None:
-                scale = scaler.get_scale()
-                scaler.step(optimizer)
-                scaler.update()
-                if scaler.get_scale() < scale:
-                    overflow_steps += 1  # fp16 gradients overflowed: the scaler skipped the update
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_time += time.monotonic() - step_t0
-            step += 1
-            batch_pos += len(micro)
-            tokens = step_tokens * run.world
-            tokens_seen += tokens
-            session_tokens += tokens
-            window_tokens += tokens
-            if not skipped:
-                last_loss = step_loss
-                window_loss += step_loss
-                window_n += 1
+                value = metrics[args.best_metric]
+                if _is_better(value, self.best_value, args.greater_is_better):
+                    self.best_value, self.best_step, self.bad_evals, improved = value, at_step, 0, True
+                else:
+                    self.bad_evals += 1
+            _append_jsonl(self.metrics_path, {"step": at_step, "epoch": ep, "eval": metrics})
+            self.history_evals.append({"step": at_step, "metrics": metrics})
+            self.last_eval = metrics
+        flags = run.broadcast_floats([float(improved), float(self.bad_evals),
+                                      -1.0 if self.best_step is None else float(self.best_step)])
+        improved, self.bad_evals = bool(flags[0]), int(flags[1])
+        self.best_step = None if flags[2] < 0 else int(flags[2])
+        return {"improved": improved, **metrics}
 
-            # ---- log
-            if (step % args.log_every == 0 or step == total) and window_n:
-                now = time.monotonic()
-                rate = window_tokens / max(now - window_t0, 1e-9)
-                if run.main:
-                    _append_jsonl(metrics_path, {
-                        "step": step, "epoch": epoch, "loss": window_loss / window_n,
-                        "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": rate, "tokens": tokens_seen,
-                    })
-                if progress is not None:
-                    progress.update(bar, info=f"loss {window_loss / window_n:.4f}  lr {optimizer.param_groups[0]['lr']:.2e}"
-                                              f"  {rate:,.0f} tok/s")
-                window_loss, window_n, window_tokens, window_t0 = 0.0, 0, 0, now
-            if progress is not None:
-                progress.update(bar, completed=step)
+    def save(self, at_step: int, ep: int, pos: int, *, reason: str) -> Path | None:
+        """Write ``checkpoints/step-N`` with its trainer state (rank 0), then prune to the last K and the best."""
+        import torch
 
-            # ---- stop conditions
-            end_of_epoch = batch_pos >= len(batches)
-            over_time = args.max_time is not None and time.monotonic() - start_time >= args.max_time
-            got_signal = run.any_rank(signals.received is not None)
-            over_time = run.any_rank(over_time)
-            done = step >= total or (args.max_steps is None and end_of_epoch and epoch + 1 >= args.epochs)
+        from bertcli.checkpoint import save_checkpoint
 
-            do_eval = (args.eval_every > 0 and step % args.eval_every == 0) or (args.eval_every == 0 and end_of_epoch)
-            if done and not got_signal:
-                do_eval = True
-            saved_now = False
-            if do_eval and not got_signal:
-                result = evaluate(step, epoch)
-                if progress is not None and len(result) > 1:
-                    progress.console.print(
-                        f"step {step}: " + "  ".join(f"{k} {_format_metric(v)}" for k, v in result.items()
-                                                     if k != "improved"))
-                if args.save_every == 0 or result["improved"]:
-                    save(step, epoch, batch_pos, reason="eval")
-                    saved_now = True
-                if args.patience is not None and bad_evals >= args.patience:
-                    status = "early_stopped"
-                    stop = True
-            if args.save_every > 0 and step % args.save_every == 0 and not saved_now:
-                save(step, epoch, batch_pos, reason="periodic")
-                saved_now = True
-            if got_signal:
-                interrupted = signals.received or signal.SIGTERM
-                if not saved_now:
-                    save(step, epoch, batch_pos, reason="signal")
-                status = "interrupted"
-                stop = True
-            elif over_time and not done:
-                status = "max_time"
-                stop = True
-            if done:
-                stop = True
-    finally:
-        if progress is not None:
-            progress.stop()
+        run, args, out = self.run, self.args, self.out
+        if pos >= len(self.batches):
+            ep, pos = ep + 1, 0
+        if run.main:
+            payload = self.task.checkpoint_payload(self.raw_model)
+            for k, v in payload["state"].items():
+                if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                    raise TrainingError(f"step {at_step}: parameter {k} is not finite; not writing the checkpoint")
+            info = {
+                "step": at_step, "epoch": ep, "batch": pos, "best_value": self.best_value,
+                "best_step": self.best_step, "bad_evals": self.bad_evals, "tokens_seen": self.tokens_seen,
+                "evals": self.history_evals, "elapsed": self.prior_elapsed + time.monotonic() - self.start_time,
+                "reason": reason, "micro_batch_size": self.micro_bs, "skipped_steps": self.skipped_steps,
+                "overflow_steps": self.overflow_steps, "args": {**dataclasses.asdict(args), "world_size": run.world},
+                "task": self.task.name,
+            }
+            path = out / "checkpoints" / f"step-{at_step}"
+            save_checkpoint(path, **payload,
+                            before_commit=lambda tmp: write_trainer_state(tmp, self.optimizer, self.scaler, info))
+            if at_step not in self.saved_steps:
+                self.saved_steps.append(at_step)
+            # prune only after the new checkpoint is in place
+            keep = set(sorted(self.saved_steps)[-args.keep_last:])
+            if self.best_step is not None:
+                keep.add(self.best_step)
+            for s in list(self.saved_steps):
+                if s not in keep:
+                    shutil.rmtree(out / "checkpoints" / f"step-{s}", ignore_errors=True)
+                    self.saved_steps.remove(s)
+        run.barrier()
+        self.last_saved = at_step
+        return out / "checkpoints" / f"step-{at_step}"
 
-    if status == "max_time" and (not history_evals or history_evals[-1]["step"] != step):
-        evaluate(step, epoch)
-    if last_saved != step:
-        save(step, epoch, batch_pos, reason="final")
+    # ---------------------------------------------------------- the end
+    def finish(self) -> dict:
+        """The closing evaluation (--max-time) and save, the export to OUT, the summary; re-raise a signal."""
+        run, args, out, step = self.run, self.args, self.out, self.step
+        if self.status == "max_time" and (not self.history_evals or self.history_evals[-1]["step"] != step):
+            self.evaluate(step, self.epoch)
+        if self.last_saved != step:
+            self.save(step, self.epoch, self.batch_pos, reason="final")
+        if run.main:
+            export_step = self.best_step if (self.best_step is not None and args.best_metric is not None) else step
+            _export(out / "checkpoints" / f"step-{export_step}", out)
+        run.barrier()
+        summary = self.summary()
+        if run.main:
+            _append_jsonl(self.metrics_path, {"step": step, "summary": summary})
+            if not args.quiet:
+                print_summary(summary)
+        if self.interrupted is not None:
+            name = signal.Signals(self.interrupted).name
+            code = 130 if self.interrupted == signal.SIGINT else 143
+            raise TrainingInterrupted(
+                f"{name} at step {step}: checkpoint saved to {out / 'checkpoints' / f'step-{step}'}; "
+                f"continue with --resume auto", exit_code=code, checkpoint=str(out / "checkpoints" / f"step-{step}"),
+            )
+        return summary
 
-    # ---- export the model to OUT itself
-    if run.main:
-        export_step = best_step if (best_step is not None and args.best_metric is not None) else step
-        _export(out / "checkpoints" / f"step-{export_step}", out)
-    run.barrier()
-    elapsed = time.monotonic() - start_time
-    final_eval = history_evals[-1]["metrics"] if history_evals else last_eval
-    summary = {
-        "status": status, "steps": step, "total_steps": total, "epochs": epoch,
-        "final_loss": last_loss, "tokens": tokens_seen,
-        "tokens_per_s": session_tokens / max(train_time, 1e-9), "time_s": elapsed,
-        "time_total_s": prior_elapsed + elapsed, "final_metrics": final_eval,
-        "best_metric": args.best_metric, "best_value": best_value, "best_step": best_step,
-        "out": str(out), "checkpoint": str(out / "checkpoints" / f"step-{step}"),
-        "resumed_from": str(resume_dir) if resume_dir else None, "world_size": run.world,
-        "device": str(device), "precision": run.precision,
-        "skipped_steps": skipped_steps, "overflow_steps": overflow_steps,
-        "micro_batch_size": micro_bs or args.batch_size, "batch_size": args.batch_size,
-    }
-    if run.main:
-        _append_jsonl(metrics_path, {"step": step, "summary": summary})
-        if not args.quiet:
-            print_summary(summary)
-    if interrupted is not None:
-        name = signal.Signals(interrupted).name
-        code = 130 if interrupted == signal.SIGINT else 143
-        raise TrainingInterrupted(
-            f"{name} at step {step}: checkpoint saved to {out / 'checkpoints' / f'step-{step}'}; "
-            f"continue with --resume auto", exit_code=code, checkpoint=str(out / "checkpoints" / f"step-{step}"),
-        )
-    return summary
+    def summary(self) -> dict:
+        """The run's summary: status, steps, loss, tokens/s, time, metrics, best, paths, device, counters."""
+        args, run = self.args, self.run
+        elapsed = time.monotonic() - self.start_time
+        final_eval = self.history_evals[-1]["metrics"] if self.history_evals else self.last_eval
+        return {
+            "status": self.status, "steps": self.step, "total_steps": self.total, "epochs": self.epoch,
+            "final_loss": self.last_loss, "tokens": self.tokens_seen,
+            "tokens_per_s": self.session_tokens / max(self.train_time, 1e-9), "time_s": elapsed,
+            "time_total_s": self.prior_elapsed + elapsed, "final_metrics": final_eval,
+            "best_metric": args.best_metric, "best_value": self.best_value, "best_step": self.best_step,
+            "out": str(self.out), "checkpoint": str(self.out / "checkpoints" / f"step-{self.step}"),
+            "resumed_from": str(self.resume_dir) if self.resume_dir else None, "world_size": run.world,
+            "device": str(self.device), "precision": run.precision,
+            "skipped_steps": self.skipped_steps, "overflow_steps": self.overflow_steps,
+            "micro_batch_size": self.micro_bs or args.batch_size, "batch_size": args.batch_size,
+        }
 
 
 def _free_memory(device) -> None:

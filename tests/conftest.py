@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -90,3 +91,58 @@ def one_error_line(result, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def finetune_options(model, tmp_path, **fields):
+    """FinetuneOptions for a tiny CPU run in ``tmp_path/run`` (1 epoch, batch 8, lr 1e-3); ``fields`` win."""
+    from bertcli.tasks.classification import FinetuneOptions
+
+    base = dict(model=str(model), out=str(tmp_path / "run"), epochs=1, batch_size=8, lr=1e-3, quiet=True,
+                device="cpu", precision="fp32")
+    base.update(fields)
+    return FinetuneOptions(**base)
+
+
+def finetune_cli(*args) -> dict:
+    """``bertcli finetune ARGS --device cpu --json`` in-process, one torch thread; the JSON summary."""
+    import torch
+    from typer.testing import CliRunner
+
+    from bertcli.cli.app import app
+
+    torch.set_num_threads(1)
+    result = CliRunner().invoke(app, ["finetune", *map(str, args), "--device", "cpu", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def interrupt_and_resume(task_class, make_options, tmp_path, monkeypatch, *, at_call: int = 4):
+    """Fine-tune straight to ``tmp_path/a``; again to ``tmp_path/b`` with a SIGINT at the ``at_call``-th loss,
+    then ``--resume auto``. Returns (the TrainingInterrupted raised, a's and b's step-6 weights)."""
+    import dataclasses
+    import signal
+
+    from bertcli.checkpoint import read_weights
+    from bertcli.tasks.classification import finetune
+    from bertcli.train import TrainingInterrupted
+
+    finetune(make_options(out=str(tmp_path / "a")))
+    original = task_class.compute_loss
+    calls = {"n": 0}
+
+    def interrupting(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(task_class, "compute_loss", interrupting)
+    broken = make_options(out=str(tmp_path / "b"))
+    with pytest.raises(TrainingInterrupted) as info:
+        finetune(broken)
+    monkeypatch.setattr(task_class, "compute_loss", original)
+    finetune(dataclasses.replace(broken, resume="auto"))
+    a = read_weights(tmp_path / "a" / "checkpoints" / "step-6" / "model.safetensors")
+    b = read_weights(tmp_path / "b" / "checkpoints" / "step-6" / "model.safetensors")
+    return info.value, a, b

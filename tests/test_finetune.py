@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
+from conftest import finetune_cli, finetune_options, interrupt_and_resume
 
 from bertcli.errors import ConfigError, DataError, TokenizerError
 
@@ -29,15 +29,10 @@ def sentiment_csv(path: Path, n: int = 2, extra: str = "") -> Path:
 
 
 def options(model, tmp_path, **kw):
-    from bertcli.tasks.classification import FinetuneOptions
-
     train = kw.pop("train", None) or sentiment_csv(tmp_path / "train.csv")
     dev = kw.pop("dev", None) or sentiment_csv(tmp_path / "dev.csv", n=1)
-    base = dict(model=str(model), train=str(train), dev=str(dev), text_column="text", label_column="label",
-                out=str(tmp_path / "run"), epochs=1, batch_size=8, lr=1e-3, quiet=True, device="cpu",
-                precision="fp32")
-    base.update(kw)
-    return FinetuneOptions(**base)
+    return finetune_options(model, tmp_path, **{"train": str(train), "dev": str(dev), "text_column": "text",
+                                                "label_column": "label", **kw})
 
 
 def make_task(model, tmp_path, **kw):
@@ -49,23 +44,13 @@ def make_task(model, tmp_path, **kw):
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     """One tiny classification run through the CLI, shared by the checks below."""
-    import torch
-    from typer.testing import CliRunner
-
-    from bertcli.cli.app import app
-
-    torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("ft")
     train = sentiment_csv(d / "train.csv")
     dev = sentiment_csv(d / "dev.csv", n=1)
     out = d / "run"
-    result = CliRunner().invoke(app, [
-        "finetune", "--model", str(tiny_model_dir), "--train", str(train), "--dev", str(dev), "--test", str(dev),
-        "--text-column", "text", "--label-column", "label", "--out", str(out), "--epochs", "2",
-        "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", "--json",
-    ], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = finetune_cli("--model", tiny_model_dir, "--train", train, "--dev", dev, "--test", dev,
+                           "--text-column", "text", "--label-column", "label", "--out", out, "--epochs", "2",
+                           "--batch-size", "8", "--lr", "1e-3")
     return out, summary, dev
 
 
@@ -265,35 +250,14 @@ def test_regression_non_numeric_label_gives_line(tiny_model_dir, tmp_path):
 
 # ------------------------------------------------------------ resume
 def test_resume_after_interrupt_matches_uninterrupted(tiny_model_dir, tmp_path, monkeypatch):
-    from bertcli.checkpoint import read_weights
-    from bertcli.tasks.classification import SequenceClassificationTask, finetune
-    from bertcli.train import TrainingInterrupted
+    from bertcli.tasks.classification import SequenceClassificationTask
 
     train = sentiment_csv(tmp_path / "train.csv")  # 24 rows, batch 8: 3 steps per epoch
     dev = sentiment_csv(tmp_path / "dev.csv", n=1)
-    straight = options(tiny_model_dir, tmp_path, train=train, dev=dev, epochs=2, out=str(tmp_path / "a"))
-    finetune(straight)
-
-    original = SequenceClassificationTask.compute_loss
-    calls = {"n": 0}
-
-    def interrupting(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # in the second epoch
-            signal.raise_signal(signal.SIGINT)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(SequenceClassificationTask, "compute_loss", interrupting)
-    broken = options(tiny_model_dir, tmp_path, train=train, dev=dev, epochs=2, out=str(tmp_path / "b"))
-    with pytest.raises(TrainingInterrupted) as info:
-        finetune(broken)
-    assert info.value.exit_code == 130
-    monkeypatch.setattr(SequenceClassificationTask, "compute_loss", original)
-    import dataclasses
-
-    finetune(dataclasses.replace(broken, resume="auto"))
-    a = read_weights(tmp_path / "a" / "checkpoints" / "step-6" / "model.safetensors")
-    b = read_weights(tmp_path / "b" / "checkpoints" / "step-6" / "model.safetensors")
+    exc, a, b = interrupt_and_resume(  # SIGINT at the 4th loss: in the second epoch
+        SequenceClassificationTask, lambda **kw: options(tiny_model_dir, tmp_path, train=train, dev=dev, epochs=2, **kw),
+        tmp_path, monkeypatch)
+    assert exc.exit_code == 130
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] == b[k]).all(), k

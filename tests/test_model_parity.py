@@ -82,6 +82,16 @@ def _max_diff(a, b, mask=None):
     return d.max().item()
 
 
+def _assert_pretraining_outputs_match(ref, model):
+    """Our BertForPreTraining's MLM and NSP logits equal the transformers reference's on a random batch."""
+    input_ids, mask, types = _random_batch()
+    with torch.no_grad():
+        want = ref(input_ids=input_ids, attention_mask=mask, token_type_ids=types)
+        mlm, nsp = model(input_ids, mask, types)
+    assert _max_diff(mlm, want.prediction_logits, mask) < 1e-5
+    assert _max_diff(nsp, want.seq_relationship_logits) < 1e-5
+
+
 # --------------------------------------------------------------------------- real weights
 
 
@@ -199,12 +209,7 @@ def test_transformers_pretraining_checkpoint_loads_in_bertcli(tmp_path):
     assert ckpt.heads == {"pooler", "mlm", "nsp"}
     model = BertForPreTraining(ckpt.config).eval()
     assert load_into(model, ckpt.state, "test") == []
-    input_ids, mask, types = _random_batch()
-    with torch.no_grad():
-        want = ref(input_ids=input_ids, attention_mask=mask, token_type_ids=types)
-        mlm, nsp = model(input_ids, mask, types)
-    assert _max_diff(mlm, want.prediction_logits, mask) < 1e-5
-    assert _max_diff(nsp, want.seq_relationship_logits) < 1e-5
+    _assert_pretraining_outputs_match(ref, model)
 
 
 @pytest.mark.parametrize("old_names", [False, True])
@@ -225,12 +230,7 @@ def test_old_style_names_and_decoder_bias(tmp_path, old_names):
     ckpt = load_checkpoint(tmp_path)
     model = BertForPreTraining(ckpt.config).eval()
     load_into(model, ckpt.state, "test")
-    input_ids, mask, types = _random_batch()
-    with torch.no_grad():
-        want = ref(input_ids=input_ids, attention_mask=mask, token_type_ids=types)
-        mlm, nsp = model(input_ids, mask, types)
-    assert _max_diff(mlm, want.prediction_logits, mask) < 1e-5
-    assert _max_diff(nsp, want.seq_relationship_logits) < 1e-5
+    _assert_pretraining_outputs_match(ref, model)
 
 
 def test_untied_decoder_is_not_silently_used_as_tied(tmp_path):

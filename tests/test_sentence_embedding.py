@@ -14,15 +14,7 @@ from bertcli.errors import ConfigError, DataError
 WORDS = "cat dog man woman car house tree river city music film food guitar horse".split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on the shared 2-core machine thrash; one keeps these tests fast."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # two threads thrash on the shared 2-core machine
 
 
 def table(path: Path, n: int = 24, seed: int = 0) -> Path:

@@ -3,13 +3,12 @@ seqeval metrics, checkpoint (HF parity, label map), resume, and predict with exa
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import finetune_cli, finetune_options, interrupt_and_resume
 
 from bertcli.errors import ConfigError, DataError
 
@@ -17,15 +16,7 @@ PEOPLE = ["alice smith", "bob jones", "carol", "david lee", "zuckerberg"]
 PLACES = ["paris", "new york", "berlin", "tokyo", "rome"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on the shared 2-core machine thrash; one keeps these tests fast."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # two threads thrash on the shared 2-core machine
 
 
 def write(path: Path, text: str) -> Path:
@@ -50,15 +41,10 @@ def synthetic_conll(path: Path, n: int = 40, sep: str = "\n", seed: int = 0) -> 
 
 
 def options(model, tmp_path, **kw):
-    from bertcli.tasks.classification import FinetuneOptions
-
     train = kw.pop("train", None) or synthetic_conll(tmp_path / "train.conll")
     dev = kw.pop("dev") if "dev" in kw else synthetic_conll(tmp_path / "dev.conll", n=10, seed=1)
-    base = dict(model=str(model), task="token-classification", train=str(train), dev=dev and str(dev),
-                out=str(tmp_path / "run"), epochs=1, batch_size=8, lr=1e-3, quiet=True, device="cpu",
-                precision="fp32")
-    base.update(kw)
-    return FinetuneOptions(**base)
+    return finetune_options(model, tmp_path, **{"task": "token-classification", "train": str(train),
+                                                "dev": dev and str(dev), **kw})
 
 
 def make_task(model, tmp_path, **kw):
@@ -70,23 +56,13 @@ def make_task(model, tmp_path, **kw):
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     """One tiny NER run through the CLI, shared by the checks below."""
-    import torch
-    from typer.testing import CliRunner
-
-    from bertcli.cli.app import app
-
-    torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("ner")
     train = synthetic_conll(d / "train.conll", n=60, sep="\t\n")
     dev = synthetic_conll(d / "dev.conll", n=10, seed=1)
     out = d / "run"
-    result = CliRunner().invoke(app, [
-        "finetune", "--task", "token-classification", "--model", str(tiny_model_dir), "--train", str(train),
-        "--dev", str(dev), "--test", str(dev), "--out", str(out), "--epochs", "4", "--batch-size", "8",
-        "--lr", "2e-3", "--device", "cpu", "--json",
-    ], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = finetune_cli("--task", "token-classification", "--model", tiny_model_dir, "--train", train,
+                           "--dev", dev, "--test", dev, "--out", out, "--epochs", "4", "--batch-size", "8",
+                           "--lr", "2e-3")
     return out, summary, dev
 
 
@@ -375,32 +351,12 @@ def test_continue_from_ner_checkpoint_keeps_the_head(trained, tmp_path):
 
 
 def test_resume_after_interrupt_matches_uninterrupted(tiny_model_dir, tmp_path, monkeypatch):
-    from bertcli.checkpoint import read_weights
-    from bertcli.tasks.classification import finetune
     from bertcli.tasks.token_classification import TokenClassificationTask
-    from bertcli.train import TrainingInterrupted
 
     train = synthetic_conll(tmp_path / "train.conll", n=24)  # batch 8: 3 steps per epoch
-    straight = options(tiny_model_dir, tmp_path, train=train, epochs=2, out=str(tmp_path / "a"))
-    finetune(straight)
-
-    original = TokenClassificationTask.compute_loss
-    calls = {"n": 0}
-
-    def interrupting(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # in the second epoch
-            signal.raise_signal(signal.SIGINT)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(TokenClassificationTask, "compute_loss", interrupting)
-    broken = options(tiny_model_dir, tmp_path, train=train, epochs=2, out=str(tmp_path / "b"))
-    with pytest.raises(TrainingInterrupted):
-        finetune(broken)
-    monkeypatch.setattr(TokenClassificationTask, "compute_loss", original)
-    finetune(dataclasses.replace(broken, resume="auto"))
-    a = read_weights(tmp_path / "a" / "checkpoints" / "step-6" / "model.safetensors")
-    b = read_weights(tmp_path / "b" / "checkpoints" / "step-6" / "model.safetensors")
+    _, a, b = interrupt_and_resume(  # SIGINT at the 4th loss: in the second epoch
+        TokenClassificationTask, lambda **kw: options(tiny_model_dir, tmp_path, train=train, epochs=2, **kw),
+        tmp_path, monkeypatch)
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] == b[k]).all(), k

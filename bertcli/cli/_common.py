@@ -70,3 +70,18 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random choi
 EncodingOpt = Annotated[
     str, typer.Option("--encoding", help="Input encoding: utf-8 (default), a codec name such as latin-1, or auto.")
 ]
+
+# ---- the options of the embedding commands (embed, similarity) that read a table
+BatchTokensOpt = Annotated[
+    int | None, typer.Option("--batch-tokens", help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA).")
+]
+
+
+def table_file_options(flag: str):
+    """(delimiter, no-quoting, no-header) option types for the table a command reads with ``flag``."""
+    return (
+        Annotated[str | None, typer.Option(
+            "--delimiter", help=f"Field delimiter of {flag} (default: from the extension; 'tab' for a tab).")],
+        Annotated[bool, typer.Option("--no-quoting", help=f"Fields of {flag} hold bare double quotes (STS-B).")],
+        Annotated[bool, typer.Option("--no-header", help=f"{flag} has no header row; columns are 0, 1, ...")],
+    )

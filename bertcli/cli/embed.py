@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bertcli.cli._common import (
+    BatchTokensOpt,
     DeviceOpt,
     EncodingOpt,
     JsonOpt,
@@ -17,7 +18,10 @@ from bertcli.cli._common import (
     cli_command,
     emit_json,
     err_console,
+    table_file_options,
 )
+
+DelimiterOpt, NoQuotingOpt, NoHeaderOpt = table_file_options("--input")
 
 NAME = "embed"
 ORDER = 60
@@ -75,10 +79,10 @@ def command(
     normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise vectors (default: the checkpoint's, else normalise).", show_default=False)] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="FILE.npy, FILE.safetensors, FILE.jsonl, or - for JSON lines on stdout.")] = "-",
     max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate texts to N tokens (default: the checkpoint's max_seq_length, else max positions).")] = None,
-    batch_tokens: Annotated[int | None, typer.Option("--batch-tokens", help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA).")] = None,
-    delimiter: Annotated[str | None, typer.Option("--delimiter", help="Field delimiter of --input (default: from the extension; 'tab' for a tab).")] = None,
-    no_quoting: Annotated[bool, typer.Option("--no-quoting", help="Fields of --input hold bare double quotes (STS-B).")] = False,
-    no_header: Annotated[bool, typer.Option("--no-header", help="--input has no header row; columns are 0, 1, ...")] = False,
+    batch_tokens: BatchTokensOpt = None,
+    delimiter: DelimiterOpt = None,
+    no_quoting: NoQuotingOpt = False,
+    no_header: NoHeaderOpt = False,
     encoding: EncodingOpt = "utf-8",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bertcli.cli._common import (
+    BatchTokensOpt,
     DeviceOpt,
     EncodingOpt,
     JsonOpt,
@@ -18,7 +19,10 @@ from bertcli.cli._common import (
     console,
     emit_json,
     err_console,
+    table_file_options,
 )
+
+DelimiterOpt, NoQuotingOpt, NoHeaderOpt = table_file_options("--pairs")
 
 NAME = "similarity"
 ORDER = 61
@@ -76,10 +80,10 @@ def command(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write every pair with its score(s): FILE.csv/.tsv/.jsonl, or - for JSON lines on stdout.")] = None,
     pooling: Annotated[str | None, typer.Option("--pooling", help="cls|mean|max, or several separated by commas to compare them (one encoder pass).")] = None,
     max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate texts to N tokens (default: the checkpoint's).")] = None,
-    batch_tokens: Annotated[int | None, typer.Option("--batch-tokens", help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA).")] = None,
-    delimiter: Annotated[str | None, typer.Option("--delimiter", help="Field delimiter of --pairs (default: from the extension; 'tab' for a tab).")] = None,
-    no_quoting: Annotated[bool, typer.Option("--no-quoting", help="Fields of --pairs hold bare double quotes (STS-B).")] = False,
-    no_header: Annotated[bool, typer.Option("--no-header", help="--pairs has no header row; columns are 0, 1, ...")] = False,
+    batch_tokens: BatchTokensOpt = None,
+    delimiter: DelimiterOpt = None,
+    no_quoting: NoQuotingOpt = False,
+    no_header: NoHeaderOpt = False,
     encoding: EncodingOpt = "utf-8",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",

@@ -83,6 +83,16 @@ def _expect(value, kind, path: str, source: str, what: str):
     return value
 
 
+def _expect_object(value, keys: tuple[str, ...], path: str, source: str, what: str | None = None):
+    """``value`` is an object holding every key of ``keys``; else a DataError naming ``path`` and the key."""
+    what = what or "an object with " + " and ".join(f'"{k}"' for k in keys)
+    _expect(value, dict, path, source, what)
+    for key in keys:
+        if key not in value:
+            raise DataError(f'{source}: {path} has no "{key}"')
+    return value
+
+
 def parse_squad(obj, source: str = "<squad>", *, labelled: bool = True) -> SquadFile:
     """A SquadFile from parsed JSON. ``labelled``: every question needs answers or ``is_impossible``."""
     _expect(obj, dict, "the top level", source, 'an object with a "data" list (SQuAD format)')
@@ -104,18 +114,12 @@ def parse_squad(obj, source: str = "<squad>", *, labelled: bool = True) -> Squad
         paragraphs = _expect(article["paragraphs"], list, f"{apath}.paragraphs", source, "a list")
         for p, para in enumerate(paragraphs):
             ppath = f"{apath}.paragraphs[{p}]"
-            _expect(para, dict, ppath, source, 'an object with "context" and "qas"')
-            for key in ("context", "qas"):
-                if key not in para:
-                    raise DataError(f'{source}: {ppath} has no "{key}"')
+            _expect_object(para, ("context", "qas"), ppath, source)
             context = _expect(para["context"], str, f"{ppath}.context", source, "a string")
             qas = _expect(para["qas"], list, f"{ppath}.qas", source, "a list of questions")
             for q, qa in enumerate(qas):
                 qpath = f"{ppath}.qas[{q}]"
-                _expect(qa, dict, qpath, source, 'an object with "id", "question" and "answers"')
-                for key in ("id", "question"):
-                    if key not in qa:
-                        raise DataError(f'{source}: {qpath} has no "{key}"')
+                _expect_object(qa, ("id", "question"), qpath, source, 'an object with "id", "question" and "answers"')
                 qid = qa["id"]
                 if isinstance(qid, bool) or not isinstance(qid, (str, int)):
                     _expect(qid, str, f"{qpath}.id", source, "a string")
@@ -134,10 +138,7 @@ def parse_squad(obj, source: str = "<squad>", *, labelled: bool = True) -> Squad
                 answers = []
                 for n, ans in enumerate(raw_answers):
                     npath = f"{qpath}.answers[{n}]"
-                    _expect(ans, dict, npath, source, 'an object with "text" and "answer_start"')
-                    for key in ("text", "answer_start"):
-                        if key not in ans:
-                            raise DataError(f'{source}: {npath} has no "{key}"')
+                    _expect_object(ans, ("text", "answer_start"), npath, source)
                     atext = _expect(ans["text"], str, f"{npath}.text", source, "a string")
                     start = _expect(ans["answer_start"], int, f"{npath}.answer_start", source,
                                     "a whole number (a character offset into the context)")

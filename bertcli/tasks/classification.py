@@ -355,6 +355,23 @@ class FinetuneTask(Task):
             groups = groups[: len(groups) - len(groups) % world_size][rank::world_size]
         return groups
 
+    def same_labels(self) -> bool:
+        """The starting checkpoint's id2label names this task's labels, in the same order."""
+        old = self.checkpoint.id2label or {}
+        return [old.get(i) for i in range(self.num_labels)] == [self.id2label[i] for i in range(self.num_labels)]
+
+    def load_start(self, model, *, keep_head: bool, allow_missing: tuple[str, ...],
+                   head_prefixes: tuple[str, ...] = ("classifier.",)):
+        """``model`` with the starting checkpoint's weights; its head (the weights under ``head_prefixes``)
+        only when ``keep_head`` (else the head stays newly initialised)."""
+        from bertcli.checkpoint import load_into
+
+        state = dict(self.checkpoint.state)
+        if not keep_head:
+            state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
+        load_into(model, state, str(self.checkpoint.path), allow_missing=allow_missing)
+        return model
+
 
 class SequenceClassificationTask(FinetuneTask):
     """Classification (cross-entropy) or regression (MSE) on the pooled [CLS] vector."""
@@ -410,21 +427,13 @@ class SequenceClassificationTask(FinetuneTask):
 
     # ------------------------------------------------------------ Task interface
     def build_model(self):
-        from bertcli.checkpoint import load_into
         from bertcli.heads import BertForSequenceClassification
 
         model = BertForSequenceClassification(self.config, self.num_labels)
-        state = dict(self.checkpoint.state)
-        head = state.get("classifier.weight")
-        old = self.checkpoint.id2label or {}
-        same_labels = head is not None and head.shape[0] == self.num_labels and (
-            self.regression or [old.get(i) for i in range(self.num_labels)] == [self.id2label[i] for i in
-                                                                               range(self.num_labels)])
-        if head is not None and not same_labels:
-            state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "pre_classifier."))}
-        load_into(model, state, str(self.checkpoint.path),
-                  allow_missing=("classifier.", "pre_classifier.", "bert.pooler."))
-        return model
+        head = self.checkpoint.state.get("classifier.weight")
+        keep = head is not None and head.shape[0] == self.num_labels and (self.regression or self.same_labels())
+        return self.load_start(model, keep_head=keep, head_prefixes=("classifier.", "pre_classifier."),
+                               allow_missing=("classifier.", "pre_classifier.", "bert.pooler."))
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
         import torch

@@ -518,16 +518,17 @@ class QuestionAnswerer:
 
 
 def predict_command(*, model, input, output, json_out, quiet, text_column, batch_size, delimiter, no_quoting,
-                    no_header, encoding, device, precision) -> None:
+                    no_header, encoding, device, precision, emit_json, err_console) -> None:
     """``bertcli predict`` for a question-answering checkpoint: answer every question of a SQuAD file.
 
     Writes the official predictions file ``{question_id: answer_text}`` (to ``--output``, else
     stdout); ``--json`` prints one JSON line per question (``id, answer, score, probability,
     start, end``) on stdout instead. When the file has gold answers, exact match and F1 go to stderr.
+    The command passes the screen in: ``emit_json(obj)`` writes one JSON line, ``err_console`` is
+    the rich console for the progress bar and summary (the library does not import the CLI).
     """
     import json
 
-    from bertcli.cli._common import emit_json, err_console
     from bertcli.data.squad import read_squad, squad_metrics
 
     given = {"--text-column": text_column, "--delimiter": delimiter, "--quoting/--no-quoting": no_quoting,

@@ -298,21 +298,15 @@ class TokenClassificationTask(FinetuneTask):
 
     # ------------------------------------------------------------ Task interface
     def build_model(self):
-        from bertcli.checkpoint import load_into
         from bertcli.heads import BertForTokenClassification
 
         model = BertForTokenClassification(self.config, self.num_labels)
-        state = dict(self.checkpoint.state)
-        head = state.get("classifier.weight")
-        old = self.checkpoint.id2label or {}
+        head = self.checkpoint.state.get("classifier.weight")
         same = (head is not None and head.shape[0] == self.num_labels
                 and self.checkpoint.bertcli.get("task", "token-classification") == "token-classification"
-                and "pooler" not in self.checkpoint.heads
-                and [old.get(i) for i in range(self.num_labels)] == [self.id2label[i] for i in range(self.num_labels)])
-        if not same:  # a new head (another task's head, or other tags)
-            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        load_into(model, state, str(self.checkpoint.path), allow_missing=("classifier.",))
-        return model
+                and "pooler" not in self.checkpoint.heads and self.same_labels())
+        # else a new head (another task's head, or other tags)
+        return self.load_start(model, keep_head=same, allow_missing=("classifier.",))
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
         split = self.train_split
@@ -526,15 +520,16 @@ def read_inputs(input: str, *, text_column: str | None, delimiter: str | None, n
 
 
 def predict_command(*, model, input, output, json_out, quiet, text_column, batch_size, delimiter, no_quoting,
-                    no_header, encoding, device, precision) -> None:
+                    no_header, encoding, device, precision, emit_json, err_console) -> None:
     """``bertcli predict`` for a token-classification checkpoint: entities of every input text.
 
     ``--json`` prints one JSON object per text on stdout (the input record, or ``line`` and
     ``text`` for plain text, plus ``entities``). ``--output FILE``: ``.jsonl`` the same objects,
     ``.csv``/``.tsv`` one row per entity (``line, type, entity, start, end, score``). Without
     either, stdout gets the rows (TSV; CSV or JSON lines for a .csv or .jsonl input).
+    The command passes the screen in: ``emit_json(obj)`` writes one JSON line, ``err_console`` is
+    the rich console for the progress bar and summary (the library does not import the CLI).
     """
-    from bertcli.cli._common import emit_json, err_console
     from bertcli.data.tables import write_table
 
     if batch_size < 1:
