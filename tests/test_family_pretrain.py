@@ -188,7 +188,7 @@ def test_pretrain_with_the_familys_own_tokenizer(tmp_path, arch, model_type, sty
     texts = ["The house stood by the river.", "It rained"]
     batch = hf_tok(texts, padding=True, return_tensors="pt")
     ids, mask, _ = Tokenizer.load(out).encode_ids(texts, None, max_length=32)
-    assert [row[:len(r)] for row, r in zip(batch["input_ids"].tolist(), ids)] == [list(r) for r in ids]
+    assert [row[:len(r)] for row, r in zip(batch["input_ids"].tolist(), ids, strict=True)] == [list(r) for r in ids]
     ckpt = load_checkpoint(out)
     ours = BertForPreTraining(ckpt.config, nsp=arch == "albert").eval()
     load_into(ours, ckpt.state, str(out))
