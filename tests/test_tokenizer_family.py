@@ -237,3 +237,15 @@ def test_pre_split_words_get_the_pieces_of_running_text(trained, style):
     text = _pieces(tok, [" ".join(words)], pretokenized=False)[0]
     assert split.tokens == text.tokens
     assert len(set(w for w in split.word_ids if w is not None)) == len(words)
+
+
+@pytest.mark.parametrize(("style", "kind", "shown"), [("roberta", "bpe", "byte-level BPE"),
+                                                      ("albert", "unigram", "Unigram")])
+def test_info_names_the_tokenizer_kind(cli, trained, tmp_path, style, kind, shown):
+    r = cli("init", "--out", tmp_path / "m", "--tokenizer", trained[style], "--preset", "tiny")
+    assert r.exit_code == 0, r.stderr
+    r = cli("info", "--model", tmp_path / "m", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["tokenizer"]["kind"] == kind
+    r = cli("info", "--model", tmp_path / "m")
+    assert r.exit_code == 0 and shown in r.stdout, r.stdout

@@ -62,7 +62,8 @@ def command(
         "heads": heads,
         "labels": ckpt.id2label,
         "tokenizer": None if tok is None else
-        {"vocab_size": tok.vocab_size, "lowercase": tok.lowercase, "strip_accents": tok.strip_accents},
+        {"kind": tok.kind, "vocab_size": tok.vocab_size, "lowercase": tok.lowercase,
+         "strip_accents": tok.strip_accents},
         "sentence_embedding": ckpt.sentence,
         "bertcli": ckpt.bertcli,
         "uses": uses_for(set(heads), registered),
@@ -90,7 +91,8 @@ def command(
     if tok is None:
         t.add_row("tokenizer", "none: no tokenizer.json or vocab.txt (copy the tokenizer files in to use it)")
     else:
-        t.add_row("tokenizer", f"WordPiece, {tok.vocab_size} tokens, "
+        kind = {"wordpiece": "WordPiece", "bpe": "byte-level BPE", "unigram": "Unigram"}[tok.kind]
+        t.add_row("tokenizer", f"{kind}, {tok.vocab_size} tokens, "
                                f"{'lower-cased' if tok.lowercase else 'cased'}")
     if ckpt.sentence:
         s = ckpt.sentence
