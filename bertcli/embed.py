@@ -86,6 +86,18 @@ class EmbedResult:
 _CACHE: dict[tuple, Encoder] = {}
 
 
+def _encoder_for(model, tok, ckpt, device, precision: str) -> Encoder:
+    """An Encoder with the checkpoint's sentence-transformers settings (else mean pooling, normalised,
+    the model's max length)."""
+    sentence = ckpt.sentence or {}
+    return Encoder(
+        model=model, tokenizer=tok, checkpoint=ckpt, device=device, precision=precision,
+        pooling=sentence.get("pooling") or "mean",
+        normalize=bool(sentence.get("normalize", True)) if sentence else True,
+        max_length=min(int(sentence.get("max_seq_length") or ckpt.config.max_length), ckpt.config.max_length),
+    )
+
+
 def load(model: str | Path, *, device: str = "auto", precision: str = "auto") -> Encoder:
     """Load a checkpoint directory for embedding (cached: the same arguments return the same Encoder)."""
     from bertcli.device import resolve_device, resolve_precision
@@ -98,14 +110,7 @@ def load(model: str | Path, *, device: str = "auto", precision: str = "auto") ->
     from bertcli.checkpoint import load_encoder
 
     enc_model, tok, ckpt = load_encoder(model, dev)
-    sentence = ckpt.sentence or {}
-    max_len = sentence.get("max_seq_length") or ckpt.config.max_length
-    encoder = Encoder(
-        model=enc_model, tokenizer=tok, checkpoint=ckpt, device=dev, precision=prec,
-        pooling=sentence.get("pooling") or "mean",
-        normalize=bool(sentence.get("normalize", True)) if sentence else True,
-        max_length=min(int(max_len), ckpt.config.max_length),
-    )
+    encoder = _encoder_for(enc_model, tok, ckpt, dev, prec)
     _CACHE.clear()  # keep one model in memory, not every one ever used
     _CACHE[key] = encoder
     return encoder
@@ -118,16 +123,7 @@ def _as_encoder(model: Any, device: str, precision: str) -> Encoder:
         from bertcli.device import resolve_precision
 
         m, tok, ckpt = model
-        sentence = ckpt.sentence or {}
-        dev = m.device
-        return Encoder(
-            model=m.eval(), tokenizer=tok, checkpoint=ckpt, device=dev,
-            precision=resolve_precision(precision, dev),
-            pooling=sentence.get("pooling") or "mean",
-            normalize=bool(sentence.get("normalize", True)) if sentence else True,
-            max_length=min(int(sentence.get("max_seq_length") or ckpt.config.max_length),
-                           ckpt.config.max_length),
-        )
+        return _encoder_for(m.eval(), tok, ckpt, m.device, resolve_precision(precision, m.device))
     if isinstance(model, (str, Path)):
         return load(model, device=device, precision=precision)
     raise TypeError(f"model must be a checkpoint directory or an Encoder, not {type(model).__name__}")
