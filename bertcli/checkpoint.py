@@ -432,7 +432,10 @@ def _refuse_pickle(path: Path) -> None:
 
 
 def check_model_dir(path: str | Path) -> Path:
-    path = Path(path)
+    """The checkpoint directory ``--model`` names: a path, or a name in the Hugging Face cache (bertcli.hub)."""
+    from bertcli.hub import resolve_model
+
+    path = resolve_model(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if not path.is_dir():

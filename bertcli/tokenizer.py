@@ -257,7 +257,9 @@ class Tokenizer:
         """Load from a checkpoint or tokenizer directory."""
         from tokenizers import Tokenizer as HFTokenizer
 
-        path = Path(path)
+        from bertcli.hub import resolve_model
+
+        path = resolve_model(path)  # a path, or a model name in the Hugging Face cache
         if not path.is_dir():
             raise TokenizerError(f"{path}: no such tokenizer directory")
         cfg = cls._read_json(path / "tokenizer_config.json")

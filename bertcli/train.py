@@ -20,6 +20,8 @@ Run directory (``args.out``)::
     OUT/checkpoints/step-N/   training checkpoints: a full checkpoint plus trainer_state/
     OUT/metrics.jsonl         one JSON object per log / evaluation
     OUT/run.yaml              the resolved options
+    OUT/curves.png            training loss, learning rate and dev metrics against steps (bertcli.curves)
+    OUT/tensorboard/          the scalars of metrics.jsonl as event files (--report-to tensorboard)
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class TrainArgs:
     resume: str | None = None      # "auto" (latest in out/checkpoints) or a checkpoint directory
     skip_nonfinite: int = 0        # steps with a non-finite loss / gradient skipped before stopping
     auto_batch_size: bool = False  # on out-of-memory, split batches into smaller micro-batches
+    report_to: str = "none"        # none | tensorboard: the scalars of metrics.jsonl as event files too
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -92,6 +95,7 @@ class TrainArgs:
             (self.patience is None or self.patience >= 1, "patience", "at least 1"),
             (self.log_every >= 1, "log_every", "at least 1"),
             (self.skip_nonfinite >= 0, "skip_nonfinite", "zero (stop at the first) or positive"),
+            (self.report_to in ("none", "tensorboard"), "report_to", "none or tensorboard"),
         ]
         for ok, name, what in checks:
             if not ok:
@@ -529,6 +533,7 @@ class Trainer:
         self.train_time = 0.0  # seconds inside optimizer steps (for tokens/s)
         self.progress = None
         self.bar = None
+        self.reporter = None  # --report-to tensorboard (rank 0)
 
     # ---------------------------------------------------------- the loop
     def fit(self) -> dict:
@@ -559,7 +564,11 @@ class Trainer:
         finally:
             if self.progress is not None:
                 self.progress.stop()
-        return self.finish()
+        try:
+            return self.finish()
+        finally:
+            if self.reporter is not None:
+                self.reporter.close()
 
     # ---------------------------------------------------------- set-up
     def build(self) -> None:
@@ -618,6 +627,12 @@ class Trainer:
             self.last_saved = self.step
         elif run.main and self.metrics_path.exists():
             self.metrics_path.unlink()  # a fresh run (an earlier one left no checkpoint)
+        if run.main and args.report_to == "tensorboard":
+            from bertcli.curves import TensorBoardReporter, check_report_to
+
+            check_report_to(args.report_to)
+            # on resume, TensorBoard drops the events after the checkpoint, as metrics.jsonl is truncated
+            self.reporter = TensorBoardReporter(self.out, purge_step=self.step + 1 if resume_dir else None)
         if run.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -800,7 +815,7 @@ class Trainer:
             )
         self.skipped_steps += 1
         if self.run.main:
-            _append_jsonl(self.metrics_path, {"step": step + 1, "epoch": self.epoch, "skipped": f"non-finite {what}",
+            self.record({"step": step + 1, "epoch": self.epoch, "skipped": f"non-finite {what}",
                                               "value": str(value), "skipped_steps": self.skipped_steps})
         _note(self.progress, args, f"step {step + 1}: the {what} is not finite ({value}); step skipped "
                                    f"({self.skipped_steps} of --skip-nonfinite {args.skip_nonfinite})")
@@ -819,6 +834,12 @@ class Trainer:
             self.window_n += 1
 
     # ---------------------------------------------------------- log, evaluate, save, stop
+    def record(self, rec: dict) -> None:
+        """One record to ``metrics.jsonl`` (rank 0), and to TensorBoard with ``--report-to tensorboard``."""
+        _append_jsonl(self.metrics_path, rec)
+        if self.reporter is not None:
+            self.reporter.add(rec)
+
     def log(self) -> None:
         """Every ``log_every`` steps: the mean loss, lr and tokens/s to ``metrics.jsonl`` and the bar."""
         step, args = self.step, self.args
@@ -828,7 +849,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             mean = self.window_loss / self.window_n
             if self.run.main:
-                _append_jsonl(self.metrics_path, {"step": step, "epoch": self.epoch, "loss": mean, "lr": lr,
+                self.record({"step": step, "epoch": self.epoch, "loss": mean, "lr": lr,
                                                   "tokens_per_s": rate, "tokens": self.tokens_seen})
             if self.progress is not None:
                 self.progress.update(self.bar, info=f"loss {mean:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s")
@@ -915,7 +936,7 @@ class Trainer:
                     self.best_value, self.best_step, self.bad_evals, improved = value, at_step, 0, True
                 else:
                     self.bad_evals += 1
-            _append_jsonl(self.metrics_path, {"step": at_step, "epoch": ep, "eval": metrics})
+            self.record({"step": at_step, "epoch": ep, "eval": metrics})
             self.history_evals.append({"step": at_step, "metrics": metrics})
             self.last_eval = metrics
         flags = run.broadcast_floats([float(improved), float(self.bad_evals),
@@ -973,11 +994,12 @@ class Trainer:
             self.save(step, self.epoch, self.batch_pos, reason="final")
         if run.main:
             export_step = self.best_step if (self.best_step is not None and args.best_metric is not None) else step
-            _export(out / "checkpoints" / f"step-{export_step}", out)
+            export_checkpoint(out / "checkpoints" / f"step-{export_step}", out)
         run.barrier()
         summary = self.summary()
         if run.main:
-            _append_jsonl(self.metrics_path, {"step": step, "summary": summary})
+            self.record({"step": step, "summary": summary})
+            self.write_curves()
             if not args.quiet:
                 print_summary(summary)
         if self.interrupted is not None:
@@ -988,6 +1010,12 @@ class Trainer:
                 f"continue with --resume auto", exit_code=code, checkpoint=str(out / "checkpoints" / f"step-{step}"),
             )
         return summary
+
+    def write_curves(self) -> None:
+        """``OUT/curves.png``: training loss, learning rate and each dev metric against steps (rank 0)."""
+        from bertcli.curves import write_run_curves
+
+        write_run_curves(self.out, notice=lambda m: _note(None, self.args, m))
 
     def summary(self) -> dict:
         """The run's summary: status, steps, loss, tokens/s, time, metrics, best, paths, device, counters."""
@@ -1036,7 +1064,7 @@ class _nullcontext:
         return False
 
 
-def _export(ckpt: Path, out: Path) -> None:
+def export_checkpoint(ckpt: Path, out: Path) -> None:
     """Copy a training checkpoint (without trainer_state) into the run directory itself."""
     for item in sorted(ckpt.iterdir()):
         if item.name == STATE_DIR:

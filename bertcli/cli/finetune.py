@@ -10,6 +10,7 @@ from bertcli.cli._common import cli_command, emit_json, err_console
 
 NAME = "finetune"
 ORDER = 40
+_RUN = "Steps, restarts and reporting"
 EPILOG = """[bold]Examples[/]
 
   bertcli finetune --model runs/pretrained --task classification --train examples/data/sentiment_train.csv --dev examples/data/sentiment_dev.csv --text-column text --label-column label --out runs/sentiment
@@ -27,6 +28,10 @@ EPILOG = """[bold]Examples[/]
   bertcli finetune --config finetune.yaml --epochs 5     [dim](YAML keys are the option names; the command line wins)[/]
 
   bertcli finetune --config finetune.yaml --resume auto  [dim](continue an interrupted run)[/]
+
+  bertcli finetune --config finetune.yaml --seeds 0,1,2,3,4 --out runs/mrpc5  [dim](5 restarts, the best on dev kept; runs/mrpc5/seeds.md)[/]
+
+  bertcli finetune --model sentence-transformers/all-MiniLM-L6-v2 ...  [dim](a model in the local Hugging Face cache, offline)[/]
 """
 
 
@@ -70,6 +75,16 @@ def command(
     pooling: Annotated[str | None, typer.Option("--pooling", help="Sentence embeddings: mean | cls | max, saved with the model. (default: mean)", show_default=False, rich_help_panel="Sentence embeddings")] = None,
     negative_column: Annotated[str | None, typer.Option("--negative-column", help="Sentence embeddings: column with the negative text (triplet; optional hard negatives for mnrl).", show_default=False, rich_help_panel="Sentence embeddings")] = None,
     label_scale: Annotated[float | None, typer.Option("--label-scale", help="Sentence embeddings: divide scores by this (e.g. 5 for STS-B's 0-5 scores).", show_default=False, rich_help_panel="Sentence embeddings")] = None,
+    # ---- run control (issue 19a: steps, restarts, reporting, cached models; bertcli.restarts) ----
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (wins over --epochs).", show_default=False, rich_help_panel=_RUN)] = None,
+    eval_every: Annotated[int | None, typer.Option("--eval-every", help="Evaluate on --dev every N steps (default 0: at the end of each epoch).", show_default=False, rich_help_panel=_RUN)] = None,
+    save_every: Annotated[int | None, typer.Option("--save-every", help="Checkpoint every N steps (default 0: at each evaluation).", show_default=False, rich_help_panel=_RUN)] = None,
+    log_every: Annotated[int | None, typer.Option("--log-every", help="Write the training loss and learning rate to metrics.jsonl every N steps (default 10).", show_default=False, rich_help_panel=_RUN)] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Restarts: one run per seed (e.g. 0,1,2,3,4) in OUT/seed-K; the best on --dev is kept as OUT, with a per-seed table (seeds.json, seeds.md).", show_default=False, rich_help_panel=_RUN)] = None,
+    restarts: Annotated[int | None, typer.Option("--restarts", help="Restarts: N runs with seeds --seed .. --seed+N-1 (as --seeds).", show_default=False, rich_help_panel=_RUN)] = None,
+    report_to: Annotated[str | None, typer.Option("--report-to", help="none (default) or tensorboard: also write metrics.jsonl's scalars as TensorBoard event files in OUT/tensorboard.", show_default=False, rich_help_panel=_RUN)] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="With a --model name from the Hugging Face cache: the branch, tag or commit (default: main).", show_default=False, rich_help_panel=_RUN)] = None,
+    # ---- end of run control ----
     config: Annotated[str | None, typer.Option("--config", help="YAML file of options (keys: the option names).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
@@ -90,6 +105,10 @@ def command(
         "doc_stride": doc_stride, "max_query_length": max_query_length, "max_answer_length": max_answer_length,
         "n_best": n_best, "null_threshold": null_threshold, "loss": loss, "pooling": pooling,
         "negative_column": negative_column, "label_scale": label_scale,
+        # run control (issue 19a)
+        "max_steps": max_steps, "eval_every": eval_every, "save_every": save_every, "log_every": log_every,
+        "seeds": seeds,
+        "restarts": restarts, "report_to": report_to, "revision": revision,
         "quiet": True if quiet else None,
     }
     base = options_from_yaml(config) if config else FinetuneOptions()
@@ -100,6 +119,9 @@ def command(
         emit_json(summary)
         return
     if opts.quiet:
+        return
+    if "runs" in summary:  # --seeds / --restarts
+        _render_seeds(summary, opts.out)
         return
     from rich.table import Table
 
@@ -113,3 +135,20 @@ def command(
         table.add_row(f"test {k}", f"{v:.4f}")
     table.add_row("model", str(opts.out))
     err_console.print(table)
+
+
+def _render_seeds(table: dict, out: str) -> None:
+    """The per-seed table of --seeds / --restarts (seeds.md holds the same)."""
+    from rich.table import Table
+
+    t = Table(title=f"restarts: dev {table['metric']}", title_justify="left")
+    for col in ("seed", f"dev {table['metric']}", "best step", "steps", "time (s)"):
+        t.add_column(col, justify="right")
+    for r in table["runs"]:
+        best = r["seed"] == table["best_seed"]
+        t.add_row(f"{r['seed']}{' *' if best else ''}", f"{r['dev']:.4f}", str(r["best_step"]), str(r["steps"]),
+                  f"{r['time_s']:.1f}", style="bold" if best else None)
+    err_console.print(t)
+    err_console.print(f"mean {table['mean']:.4f}  std {table['std']:.4f}  min {table['min']:.4f}  "
+                      f"max {table['max']:.4f}; kept seed {table['best_seed']} as {out} "
+                      f"(table: {out}/seeds.md, curves: {out}/curves.png)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -63,10 +62,11 @@ def command(
     from bertcli.config import read_json
     from bertcli.data.text import read_lines
     from bertcli.errors import DataError, TokenizerError
+    from bertcli.hub import resolve_model
     from bertcli.masking import preview, preview_stats
     from bertcli.tokenizer import Tokenizer, check_max_length
 
-    path = Path(model)
+    path = resolve_model(model)  # a directory, or a name in the Hugging Face cache
     tok = Tokenizer.load(path)
     max_positions = tok.model_max_length
     vocab_size = None  # a checkpoint: random tokens come from its embedding rows, as in pretraining

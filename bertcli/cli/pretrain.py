@@ -78,6 +78,7 @@ def command(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for every random choice (default 0).", rich_help_panel=_T)] = None,
     skip_nonfinite: Annotated[int | None, typer.Option("--skip-nonfinite", help="Skip up to N steps whose loss or gradient is not finite, then stop (default 0).", rich_help_panel=_T)] = None,
     auto_batch_size: Annotated[bool | None, typer.Option("--auto-batch-size", help="On out-of-memory, split batches into smaller micro-batches (same effective batch); kept on resume.", rich_help_panel=_T)] = None,
+    report_to: Annotated[str | None, typer.Option("--report-to", help="none (default) or tensorboard: also write metrics.jsonl's scalars as TensorBoard event files in OUT/tensorboard.", rich_help_panel=_T)] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     json_out: JsonOpt = False,
@@ -99,7 +100,7 @@ def command(
                  grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule,
                  max_grad_norm=max_grad_norm, eval_every=eval_every, save_every=save_every, keep_last=keep_last,
                  log_every=log_every, resume=resume, seed=seed, device=device, precision=precision,
-                 skip_nonfinite=skip_nonfinite, auto_batch_size=auto_batch_size,
+                 skip_nonfinite=skip_nonfinite, auto_batch_size=auto_batch_size, report_to=report_to,
                  quiet=quiet or None)
 
     def log(msg: str) -> None:

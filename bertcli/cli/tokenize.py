@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,9 +34,10 @@ def command(
     from bertcli.checkpoint import load_checkpoint
     from bertcli.data.text import read_lines
     from bertcli.errors import DataError
+    from bertcli.hub import resolve_model
     from bertcli.tokenizer import Tokenizer, check_max_length, check_vocab
 
-    path = Path(model)
+    path = resolve_model(model)  # a directory, or a name in the Hugging Face cache
     tok = Tokenizer.load(path)
     max_positions = tok.model_max_length
     if (path / "config.json").is_file():  # a model checkpoint: its ids must fit its embeddings

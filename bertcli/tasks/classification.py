@@ -13,7 +13,6 @@ optional class weights, or mean squared error), dev metrics, and the checkpoint 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -83,6 +82,15 @@ class FinetuneOptions:
     pooling: str = "mean"
     negative_column: str | None = None
     label_scale: float | None = None
+    # ---- run control (bertcli.restarts): steps, evaluation, restarts, reporting, cached model revision
+    max_steps: int | None = None    # optimizer steps; wins over epochs
+    eval_every: int = 0             # 0: at the end of each epoch
+    save_every: int = 0             # 0: at each evaluation
+    log_every: int = 10             # training loss / lr records in metrics.jsonl
+    seeds: str | None = None        # "0,1,2,3,4": one run per seed in OUT/seed-K, the best on dev kept as OUT
+    restarts: int | None = None     # N runs, seeds --seed .. --seed+N-1
+    report_to: str = "none"         # none | tensorboard
+    revision: str | None = None     # --model from the Hugging Face cache: a branch, tag or commit
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -117,6 +125,9 @@ class FinetuneOptions:
             raise ConfigError(f"--class-weights '{self.class_weights}': valid values: auto, none")
         if self.class_weights == "auto" and self.task not in ("classification", "token-classification"):
             raise ConfigError(f"--class-weights auto does not apply to --task {self.task}")
+        from bertcli.restarts import validate_run_options
+
+        validate_run_options(self)
         check = getattr(module, "validate_options", None)
         if check is not None:
             check(self)
@@ -517,9 +528,11 @@ def train_args(opts: FinetuneOptions):
     return TrainArgs(
         out=opts.out, epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
         weight_decay=opts.weight_decay, warmup=opts.warmup, precision=opts.precision, device=opts.device,
-        seed=opts.seed, eval_every=0, best_metric=metric, greater_is_better=not opts.lower_is_better,
+        seed=opts.seed, best_metric=metric, greater_is_better=not opts.lower_is_better,
         patience=opts.patience, quiet=opts.quiet, resume=opts.resume,
         skip_nonfinite=opts.skip_nonfinite, auto_batch_size=opts.auto_batch_size,
+        max_steps=opts.max_steps, eval_every=opts.eval_every, save_every=opts.save_every, log_every=opts.log_every,
+        report_to=opts.report_to,
     )
 
 
@@ -536,6 +549,14 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
     from bertcli.locks import run_lock
 
     opts.validate()
+    if opts.seeds is not None or opts.restarts is not None:
+        from bertcli.restarts import finetune_restarts
+
+        return finetune_restarts(opts)
+    if opts.revision is not None:
+        from bertcli.hub import resolve_model
+
+        opts = dataclasses.replace(opts, model=str(resolve_model(opts.model, opts.revision)), revision=None)
     with run_lock(opts.out):
         return _finetune(opts)
 
@@ -554,6 +575,7 @@ def _finetune(opts: FinetuneOptions) -> dict[str, Any]:
     summary["examples"] = {k: n for k, n in task.examples.items() if n}
     if task.has_test and int(os.environ.get("RANK", "0")) == 0:
         summary["test"] = task.test_metrics(opts.out, device)
-        with open(Path(opts.out) / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": summary.get("steps", 0), "test": summary["test"]}) + "\n")
+        from bertcli.curves import append_record
+
+        append_record(opts.out, {"step": summary.get("steps", 0), "test": summary["test"]}, opts.report_to)
     return summary
