@@ -97,12 +97,16 @@ def finetune_restarts(opts, *, log=None) -> dict[str, Any]:
             child = dataclasses.replace(opts, out=str(seed_dir(out, seed)), seed=seed, seeds=None, restarts=None,
                                         model=model, revision=None)
             summary = finetune(child)
+            if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 keeps the table and the best
+                continue
             summaries[seed] = summary
             rows.append(_row(seed, child.out, summary))
             if log is not None:
                 r = rows[-1]
                 log(f"seed {seed}: dev {summary.get('best_metric')} {r['dev']:.4f} at step {r['best_step']} "
                     f"({r['time_s']:.1f} s)")
+        if not rows:
+            return {"runs": [], "seeds": seeds}
         table = seed_table(rows, opts.best_metric, not opts.lower_is_better)
         best = table["best_seed"]
         _keep_best(out, seed_dir(out, best), summaries[best])
