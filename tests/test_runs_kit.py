@@ -237,6 +237,13 @@ def test_restarts_cli_and_option_errors(tiny_model_dir, tmp_path):
                          "--max-steps", "2", "--batch-size", "8", "--quiet")
     assert [r["seed"] for r in table["runs"]] == [7, 8] and (tmp_path / "r" / "seed-8" / "curves.png").is_file()
     assert all(r["steps"] == 2 for r in table["runs"])
+    from bertcli.cli._common import err_console
+    from bertcli.cli.finetune import _render_seeds
+
+    with err_console.capture() as cap:
+        _render_seeds(table, str(tmp_path / "r"))
+    shown = cap.get()
+    assert f"{table['runs'][0]['dev']:.4f}" in shown and f"kept seed {table['best_seed']}" in shown
 
     def opts(**k):
         return finetune_options(tiny_model_dir, tmp_path, **{**kw, **k})
@@ -333,3 +340,30 @@ def test_cache_miss_says_where_it_looked(tiny_model_dir, tmp_path, monkeypatch, 
     assert r.exit_code == 1 and "models--bert-base-uncased" in r.stderr and "Traceback" not in r.output
     # paths that cannot be Hub names keep the plain error
     assert resolve_model("./missing/dir/x") == Path("./missing/dir/x")
+
+
+def test_pretrain_writes_curves_and_tensorboard(minilm_dir, tmp_path, cli):
+    """pretrain goes through the same Trainer: curves.png with the MLM metrics, and --report-to tensorboard."""
+    pytest.importorskip("tensorboard")
+    import yaml
+
+    from bertcli.curves import read_curves, read_tensorboard
+
+    corpus = Path(__file__).resolve().parents[1] / "examples" / "corpus"
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+                  "max_position_embeddings": 64},
+        "data": {"max_seq_length": 32, "eval_fraction": 0.1},
+        "train": {"batch_size": 8, "lr": 1e-3, "log_every": 1, "eval_every": 3}}))
+    out = tmp_path / "pt"
+    r = cli("pretrain", corpus, "--tokenizer", minilm_dir, "--config", cfg, "--out", out, "--max-steps", 6,
+            "--device", "cpu", "--precision", "fp32", "--report-to", "tensorboard", "--quiet")
+    assert r.exit_code == 0, r.output
+    decode_png(out / "curves.png")
+    curves = read_curves(out)
+    assert {"train_loss", "lr", "mlm_loss", "mlm_accuracy"} <= set(curves.series)
+    assert curves.series["mlm_loss"][0] == [3, 6] and curves.best_metric == "mlm_loss"
+    tb = read_tensorboard(out)
+    assert [s for s, _ in tb["train/loss"]] == curves.series["train_loss"][0]
+    assert [v for _, v in tb["eval/mlm_loss"]] == pytest.approx(curves.series["mlm_loss"][1], rel=1e-6)
