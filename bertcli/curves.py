@@ -139,6 +139,7 @@ def panel_keys(runs: list[RunCurves], metrics: list[str] | None = None) -> list[
 
 def build_figure(runs: list[RunCurves], metrics: list[str] | None = None, title: str | None = None):
     """A matplotlib Figure (Agg): one panel per series, one line per run, the best point of each run marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     keys = panel_keys(runs, metrics)
@@ -148,6 +149,7 @@ def build_figure(runs: list[RunCurves], metrics: list[str] | None = None, title:
     rows = math.ceil(len(keys) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.0 * rows + (0.5 if len(runs) > 1 else 0.0)), dpi=100,
                  layout="constrained")
+    FigureCanvasAgg(fig)  # the headless Agg canvas: no display, no pyplot state
     axes = fig.subplots(rows, cols, squeeze=False)
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for i, key in enumerate(keys):
