@@ -164,6 +164,8 @@ def build_figure(runs: list[RunCurves], metrics: list[str] | None = None, title:
                 j = steps.index(run.best_step)
                 ax.plot([steps[j]], [values[j]], marker="*", markersize=13, color=color, markeredgecolor="black",
                         linestyle="none", label="_best")
+                if len(runs) > 1:  # overlaid runs: the stars alone (labels of equal bests would overprint)
+                    continue
                 right = steps[j] > (steps[0] + steps[-1]) / 2  # the label inside the panel
                 ax.annotate(f"best {values[j]:.4g}\nstep {steps[j]}", (steps[j], values[j]), fontsize=7,
                             textcoords="offset points", xytext=(-8 if right else 8, -16),
