@@ -70,12 +70,12 @@ def resolve_model(spec: str | os.PathLike, revision: str | None = None, flag: st
     if path.exists() and revision is None:
         return path
     name, rev = split_revision(str(spec), revision)
-    if Path(name).exists() and rev is None:
-        return Path(name)
+    if Path(name).exists():
+        if rev is None:
+            return Path(name)
+        raise CheckpointError(f"{flag} {name}: is a local directory; a revision ({rev}) applies only to "
+                              f"a model name in the Hugging Face cache")
     if not looks_like_repo_id(name):
-        if rev is not None and Path(name).exists():
-            raise CheckpointError(f"{flag} {name}: is a local directory; a revision ({rev}) applies only to "
-                                  f"a model name in the Hugging Face cache")
         return path
     root = cache_dir()
     repo = root / repo_folder(name)

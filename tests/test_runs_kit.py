@@ -306,6 +306,8 @@ def test_cache_resolves_by_name_and_revision(tiny_model_dir, tmp_path, monkeypat
     # an existing directory wins over the cache
     (tmp_path / "acme" / "tiny-bert").mkdir(parents=True)
     assert resolve_model("acme/tiny-bert") == Path("acme/tiny-bert")
+    with pytest.raises(CheckpointError, match="is a local directory; a revision"):
+        resolve_model("acme/tiny-bert", "v1")
     shutil.rmtree(tmp_path / "acme")
     # every command resolves --model there: tokenize (Tokenizer.load) and info (load_checkpoint)
     r = cli("tokenize", "--model", "acme/tiny-bert", "hello world", "--json")
