@@ -163,19 +163,24 @@ class RelativePositions(nn.Module):
         self.buckets, self.max_position = config.position_buckets, config.relative_max_distance
         self.embeddings = nn.Embedding(2 * self.span, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_rel_ebd else nn.Identity()
-        self._index: dict[tuple[int, str], tuple[torch.Tensor, int, int]] = {}
+        self._index: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (CPU, device) index
 
     def index(self, T: int, device: torch.device) -> tuple[torch.Tensor, int, int]:
-        key = (T, str(device))
-        if key not in self._index:
+        """The (T, T) table rows of each query-key pair, counted from ``lo``, and the rows [lo, hi) used.
+
+        One index for the longest input seen so far (per device); a shorter input uses its top-left
+        block (the row depends on i - j only), so nothing is rebuilt per length."""
+        cpu, dev = self._index.get(str(device), (None, None))
+        if cpu is None or cpu.shape[0] < T:
             ids = torch.arange(T)
             rel = ids[:, None] - ids[None, :]  # (T, T): query - key
             if self.buckets > 0 and self.max_position > 0:
                 rel = log_buckets(rel, self.buckets, self.max_position)
-            index = (rel + self.span).clamp(0, 2 * self.span - 1)  # (T, T) rows of the table
-            lo, hi = int(index.min()), int(index.max())
-            self._index[key] = ((index - lo).to(device), lo, hi + 1)
-        return self._index[key]
+            cpu = (rel + self.span).clamp(0, 2 * self.span - 1)  # (T, T) rows of the table
+            dev = cpu.to(device)
+            self._index[str(device)] = (cpu, dev)
+        lo, hi = int(cpu[0, T - 1]), int(cpu[T - 1, 0]) + 1  # the farthest distances either way
+        return dev[:T, :T] - lo, lo, hi
 
     def forward(self, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         index, lo, hi = self.index(T, device)

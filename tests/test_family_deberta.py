@@ -391,3 +391,22 @@ def test_arch_deberta_preset_is_v3_small_shaped():
     assert (cfg.position_buckets, cfg.relative_span, cfg.share_att_key, cfg.position_biased_input) == (256, 256, True, False)
     tiny = BertConfig(**arch_values("deberta", "tiny", {"vocab_size": 100}))
     assert (tiny.num_layers, tiny.hidden_size, tiny.position_scheme) == (2, 128, "relative")
+
+
+def test_shorter_inputs_after_longer_ones_reuse_the_relative_index(tmp_path):
+    """The relative index is built for the longest input seen; shorter ones read its top-left block."""
+    torch.manual_seed(0)
+    ref = transformers.DebertaV2Model(_hf_config("v3-separate")).eval()
+    _perturb(ref)
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    ckpt = load_checkpoint(tmp_path)
+    model = BertModel(ckpt.config, with_pooler=False)
+    load_into(model, {k[5:]: v for k, v in ckpt.state.items() if k.startswith("bert.")}, str(tmp_path))
+    model.eval()
+    ids, mask, _ = _batch(ckpt.config)
+    with torch.no_grad():
+        for T in (14, 5, 30, 9):  # 30: longer than any before, past the buckets' exact range
+            x = ids[:, :T] if T <= ids.shape[1] else torch.randint(3, 99, (2, T), generator=torch.Generator().manual_seed(T))
+            m = mask[:, :T] if T <= ids.shape[1] else torch.ones_like(x)
+            want = ref(input_ids=x, attention_mask=m).last_hidden_state
+            assert _max_diff(model(x, m), want, m) <= 1e-5
