@@ -191,6 +191,7 @@ class FamilyNames:
     dense_heads: list[tuple[str, str]] = field(default_factory=list)  # written instead when pre_classifier exists
     decoder: str = ""  # the tied MLM decoder weight (not ours to keep: it is the word embeddings)
     pretraining: tuple[str, ...] = ("mlm", "nsp")  # heads of *ForPreTraining; () = the family has none
+    ignored: tuple[str, ...] = ()  # HF names (prefixes) the family's checkpoints may carry that bertcli drops
 
     def layer_name(self, i: int, inner: int) -> str:
         return self.layer.format(i=i, g=i // inner, j=i % inner)
@@ -258,6 +259,25 @@ FAMILY_NAMES: dict[str, FamilyNames] = {
         dense_heads=_DENSE_CLS, decoder="generator_lm_head.weight", pretraining=("rtd",),
     ),
 }
+# DeBERTa-v2/v3: separate q/k/v projections (fused here), the relative table in the encoder, the
+# pos_key / pos_query projections when share_att_key is false, the context pooler as pre_classifier,
+# and both MLM heads transformers has (legacy cls.predictions.*, written; lm_predictions.lm_head.*, read).
+_DEBERTA_CLS = _pairs(("pre_classifier", "pooler.dense"), ("classifier", "classifier"))
+FAMILY_NAMES["deberta-v2"] = FamilyNames(
+    prefix="deberta", classes="DebertaV2", layer="encoder.layer.{i}.",
+    encoder=_EMBEDDINGS + [
+        ("embeddings.project.weight", "embeddings.embed_proj.weight"),
+        ("relative.embeddings.weight", "encoder.rel_embeddings.weight")] + _pairs(("relative.norm", "encoder.LayerNorm")),
+    qkv=("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
+    layer_map=_BERT_LAYER + _pairs(("attn.pos_key", "attention.self.pos_key_proj"),
+                                   ("attn.pos_query", "attention.self.pos_query_proj")),
+    heads=_pairs(("mlm.dense", "cls.predictions.transform.dense"), ("mlm.norm", "cls.predictions.transform.LayerNorm"),
+                 ("mlm.dense", "lm_predictions.lm_head.dense"), ("mlm.norm", "lm_predictions.lm_head.LayerNorm"))
+    + [("mlm.bias", "cls.predictions.bias"), ("mlm.bias", "cls.predictions.decoder.bias"),
+       ("mlm.bias", "lm_predictions.lm_head.bias")] + _SPAN + _DEBERTA_CLS,
+    dense_heads=_DEBERTA_CLS, decoder="cls.predictions.decoder.weight", pretraining=(),
+    ignored=("mask_predictions.",),  # the replaced-token head of microsoft's v3 checkpoints
+)
 _QKV = ("query", "key", "value")
 # Hugging Face names that carry no weights we need (buffers).
 _IGNORED_HF = re.compile(r"(^|\.)(position_ids|token_type_ids)$")
@@ -291,7 +311,7 @@ def hf_to_ours(hf_state: dict[str, Any], source: str = "weights", config: BertCo
     for name in hf_state:
         tensor = hf_state[name]
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        if _IGNORED_HF.search(name):
+        if _IGNORED_HF.search(name) or name.startswith(fam.ignored):
             continue
         if name == fam.decoder:
             decoder = tensor
@@ -493,8 +513,14 @@ def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     if config.embedding_size is not None:
         shapes["bert.embeddings.project.weight"] = (H, E)
         shapes["bert.embeddings.project.bias"] = (H,)
+    if config.position_scheme == "relative":
+        _relative_shapes(config, shapes)
     for i in range(config.num_built_layers):
         p = f"bert.layers.{i}."
+        if config.position_scheme == "relative" and not config.share_att_key:
+            for term, name in (("c2p", "pos_key"), ("p2c", "pos_query")):
+                if term in config.pos_att_type:
+                    shapes.update({f"{p}attn.{name}.weight": (H, H), f"{p}attn.{name}.bias": (H,)})
         shapes.update({
             p + "attn.qkv.weight": (3 * H, H), p + "attn.qkv.bias": (3 * H,),
             p + "attn.out.weight": (H, H), p + "attn.out.bias": (H,),
@@ -504,6 +530,21 @@ def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
             p + "ffn.norm.weight": (H,), p + "ffn.norm.bias": (H,),
         })
     return shapes
+
+
+def _relative_shapes(config: BertConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """DeBERTa: the embedding LayerNorm is on H, the projection has no bias, no absolute table unless
+    position_biased_input, and the relative table (2S, H) with its LayerNorm (norm_rel_ebd)."""
+    H, E = config.hidden_size, config.word_size
+    shapes.update({"bert.embeddings.norm.weight": (H,), "bert.embeddings.norm.bias": (H,),
+                   "bert.relative.embeddings.weight": (2 * config.relative_span, H)})
+    shapes.pop("bert.embeddings.project.bias", None)
+    if config.embedding_size is not None:
+        shapes["bert.embeddings.project.weight"] = (H, E)
+    if not config.position_biased_input:
+        del shapes["bert.embeddings.position.weight"]
+    if config.norm_rel_ebd:
+        shapes.update({"bert.relative.norm.weight": (H,), "bert.relative.norm.bias": (H,)})
 
 
 _FRIENDLY = {

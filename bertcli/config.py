@@ -25,7 +25,8 @@ from bertcli.errors import ConfigError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 HEAD_ACTIVATIONS = ("tanh", *ACTIVATIONS)
-POSITION_SCHEMES = ("absolute", "padding_offset")
+POSITION_SCHEMES = ("absolute", "padding_offset", "relative")
+POS_ATT_TYPES = ("c2p", "p2c")  # DeBERTa's disentangled terms: content-to-position, position-to-content
 CLS_HEADS = ("pooler", "dense")
 # Hugging Face spellings of the activations we implement.
 _HF_ACT_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
@@ -60,6 +61,13 @@ class BertConfig:
     mlm_activation: str | None = None  # the MLM head's activation; None = activation
     classifier_dropout: float | None = None  # classifier heads' dropout; None = hidden_dropout
     cls_head_input_dropout: bool = True  # dropout before the dense head too (RoBERTa, ELECTRA; not DistilBERT)
+    # DeBERTa (position_scheme "relative"): relative-position attention over log buckets
+    position_buckets: int = 0  # buckets each side (S); <= 0: one per distance up to max_relative_positions
+    max_relative_positions: int = -1  # the farthest distance told apart; < 1: max_positions
+    pos_att_type: tuple[str, ...] = ()  # disentangled terms, from POS_ATT_TYPES
+    share_att_key: bool = False  # project relative embeddings with the content query/key weights
+    norm_rel_ebd: bool = False  # LayerNorm on the relative-position table
+    position_biased_input: bool = True  # absolute position embeddings added to the input (DeBERTa-v3: false)
 
     def __post_init__(self) -> None:
         _check_types(self, "BertConfig")
@@ -78,6 +86,10 @@ class BertConfig:
             if getattr(self, name) not in valid:
                 raise ConfigError(f"config field '{name}' is {getattr(self, name)!r}; valid values: "
                                   f"{', '.join(str(v) for v in valid)}")
+        if not all(isinstance(t, str) and t in POS_ATT_TYPES for t in self.pos_att_type):
+            raise ConfigError(f"config field 'pos_att_type' is {list(self.pos_att_type)}; valid entries: "
+                              f"{', '.join(POS_ATT_TYPES)}")
+        object.__setattr__(self, "pos_att_type", tuple(t for t in POS_ATT_TYPES if t in self.pos_att_type))
         if self.embedding_size == self.hidden_size and not FAMILIES[self.family]["always_project"]:
             object.__setattr__(self, "embedding_size", None)  # ELECTRA projects only when the sizes differ
         if self.hidden_size % self.num_heads != 0:
@@ -120,6 +132,15 @@ class BertConfig:
     @property
     def num_built_layers(self) -> int:
         return (self.num_hidden_groups or self.num_layers) * self.inner_group_num
+
+    @property
+    def relative_span(self) -> int:
+        """DeBERTa's S: the relative-position table has 2S rows (buckets, else distances)."""
+        return self.position_buckets if self.position_buckets > 0 else self.relative_max_distance
+
+    @property
+    def relative_max_distance(self) -> int:
+        return self.max_relative_positions if self.max_relative_positions >= 1 else self.max_positions
 
     @property
     def max_length(self) -> int:
@@ -205,6 +226,8 @@ class BertConfig:
             if hf_key in hf and hf[hf_key] is not None:
                 values[name] = hf[hf_key]
         values["activation"] = _HF_ACT_IN[act]
+        if "read" in fam:
+            fam["read"](hf, values, source)
         if values.get("pad_token_id") is None:
             values["pad_token_id"] = 0
         try:
@@ -225,6 +248,8 @@ class BertConfig:
         out.update({hf_key: ours[name] for hf_key, name in fam["names"].items() if ours[name] is not None})
         out[fam["act_key"]] = ours["activation"]
         out.update(fam["hf_fixed"])
+        if "write" in fam:
+            fam["write"](self, out)
         out["tie_word_embeddings"] = True  # the MLM decoder is the word-embedding matrix
         return out
 
@@ -273,6 +298,63 @@ FAMILIES: dict[str, dict[str, Any]] = {
                           "mlm_activation": "gelu"}},
 }
 
+
+
+# ---- DeBERTa-v2 / v3 (model_type "deberta-v2"): its config.json spellings, read and written
+_DEBERTA_NAMES = {**{k: v for k, v in _BERT_NAMES.items() if k != "classifier_dropout"},
+                  "cls_dropout": "classifier_dropout", "embedding_size": "embedding_size",
+                  "position_buckets": "position_buckets", "max_relative_positions": "max_relative_positions",
+                  "share_att_key": "share_att_key", "position_biased_input": "position_biased_input"}
+# DeBERTa-v3's shape of attention (the family's fields when built from scratch; config.json wins on load)
+_DEBERTA_V3 = {"position_buckets": 256, "max_relative_positions": -1, "pos_att_type": ("c2p", "p2c"),
+               "share_att_key": True, "norm_rel_ebd": True, "position_biased_input": False}
+
+
+def _deberta_read(hf: dict[str, Any], values: dict[str, Any], source: str) -> None:
+    """DeBERTa's config.json -> our fields, with transformers' defaults for absent keys."""
+    if not hf.get("relative_attention", False):
+        raise ConfigError(f"{source}: relative_attention false is not supported; bertcli reads DeBERTa-v2/v3 "
+                          f"models with relative attention (every published one has it)")
+    if (hf.get("conv_kernel_size") or 0) > 0:
+        raise ConfigError(f"{source}: conv_kernel_size {hf['conv_kernel_size']} (DeBERTa-v2's convolution "
+                          f"layer) is not supported; DeBERTa-v3 models have none")
+    head = hf.get("attention_head_size")
+    if head is not None and head * hf.get("num_attention_heads", 1) != hf.get("hidden_size"):
+        raise ConfigError(f"{source}: attention_head_size {head} is not supported; only hidden_size / heads")
+    if hf.get("pooler_hidden_size", hf.get("hidden_size")) != hf.get("hidden_size"):
+        raise ConfigError(f"{source}: pooler_hidden_size != hidden_size is not supported")
+    pat = hf.get("pos_att_type") or []
+    if isinstance(pat, str):
+        pat = [t.strip() for t in pat.lower().split("|") if t.strip()]
+    if not isinstance(pat, list | tuple) or not all(t in POS_ATT_TYPES for t in pat):
+        raise ConfigError(f"{source}: pos_att_type {pat!r} is not supported; valid entries: {', '.join(POS_ATT_TYPES)}")
+    norm = [t.strip() for t in str(hf.get("norm_rel_ebd", "none")).lower().split("|")]
+    act = hf.get("pooler_hidden_act", "gelu")
+    if act not in _HF_ACT_IN and act != "tanh":
+        raise ConfigError(f"{source}: pooler_hidden_act '{act}' is not supported; valid values: tanh, "
+                          f"{', '.join(_HF_ACT_IN)}")
+    values.update(pos_att_type=tuple(pat), norm_rel_ebd="layer_norm" in norm,
+                  cls_head_activation=_HF_ACT_IN.get(act, act),
+                  share_att_key=hf.get("share_att_key", False), position_buckets=hf.get("position_buckets", -1),
+                  max_relative_positions=hf.get("max_relative_positions", -1),
+                  position_biased_input=hf.get("position_biased_input", True))
+
+
+def _deberta_write(config: BertConfig, out: dict[str, Any]) -> None:
+    out.update(pos_att_type=list(config.pos_att_type), norm_rel_ebd="layer_norm" if config.norm_rel_ebd else "none",
+               pooler_hidden_act=_HF_ACT_OUT.get(config.cls_head_activation, config.cls_head_activation),
+               pooler_hidden_size=config.hidden_size, pooler_dropout=0.0)
+
+
+FAMILIES["deberta-v2"] = {
+    "names": _DEBERTA_NAMES, "act_key": "hidden_act", "always_project": False,
+    "fixed": {"family": "deberta-v2", "position_scheme": "relative", "type_vocab_size": 0, "layer_norm_eps": 1e-7,
+              "cls_head": "dense", "cls_head_activation": "gelu", "cls_head_input_dropout": False, **_DEBERTA_V3},
+    # legacy: the MLM head transformers builds from cls.predictions.* (the names bertcli writes)
+    "hf_fixed": {"relative_attention": True, "legacy": True},
+    "read": _deberta_read, "write": _deberta_write,
+}
+
 # pretrain --arch: the family and its preset shape (a --preset / model: fields win over the shape)
 ARCHS: dict[str, dict[str, Any]] = {
     "bert": {"family": "bert"},
@@ -282,6 +364,9 @@ ARCHS: dict[str, dict[str, Any]] = {
     "electra": {"family": "electra", "embedding_size": 128, "num_layers": 12, "hidden_size": 256, "num_heads": 4,
                 "intermediate_size": 1024},
     "distilbert": {"family": "distilbert"},
+    # DeBERTa-v3-small's shape: 6 layers, hidden 768, 12 heads, 256 position buckets
+    "deberta": {"family": "deberta-v2", "num_layers": 6, "hidden_size": 768, "num_heads": 12,
+                "intermediate_size": 3072},
 }
 _SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 

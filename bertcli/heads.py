@@ -7,7 +7,7 @@ exactly these names to each family's Hugging Face ones (BERT: ``cls.predictions`
 ``classifier.dense`` / ``classifier.out_proj``; ALBERT: ``predictions``, ``sop_classifier``; ...).
 The config picks each head's variant when it is built: the MLM head's width (E) and activation,
 the sequence classifier on the pooler (BERT, ALBERT) or a dense head on ``<s>`` (RoBERTa tanh,
-ELECTRA gelu, DistilBERT's pre-classifier with relu).
+ELECTRA gelu, DistilBERT's pre-classifier with relu, DeBERTa's context pooler with ``pooler_hidden_act``).
 """
 
 from __future__ import annotations

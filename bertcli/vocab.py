@@ -16,6 +16,7 @@ post-processor::
     bert         (wordpiece)  [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4    [CLS] A [SEP] B [SEP]
     roberta      (bpe)        <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4      <s> A </s></s> B </s>
     albert       (unigram)    <pad>=0 <unk>=1 [CLS]=2 [SEP]=3 [MASK]=4    [CLS] A [SEP] B [SEP]
+    deberta      (unigram)    [PAD]=0 [CLS]=1 [SEP]=2 [UNK]=3 [MASK]=4    [CLS] A [SEP] B [SEP]
     xlm-roberta  (unigram)    <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4      <s> A </s></s> B </s>
 
 then come the alphabet and the learnt tokens. The BPE is byte-level (no unknown token ever; words
@@ -65,6 +66,9 @@ STYLES: dict[str, dict[str, Any]] = {
     "xlm-roberta": {"model": "unigram", "tokens": ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
                     "roles": ("cls", "pad", "sep", "unk", "mask"), "class": "XLMRobertaTokenizer",
                     "roberta_pairs": True},
+    # DeBERTa-v3's spm ids ([MASK] last there; first here, like every style)
+    "deberta": {"model": "unigram", "tokens": ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"),
+                "roles": ("pad", "cls", "sep", "unk", "mask"), "class": "DebertaV2Tokenizer", "roberta_pairs": False},
 }
 DEFAULT_STYLE = {"wordpiece": "bert", "bpe": "roberta", "unigram": "albert"}
 BATCH_LINES = 1000
@@ -251,6 +255,15 @@ def _build_and_train(style: str, lines: list[str], *, vocab_size: int, min_frequ
             pre_tokenizers.WhitespaceSplit(),
             pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
         ])
+        if style == "deberta":  # what DebertaV2Tokenizer builds: whitespace runs to one space, NFC, cased
+            from tokenizers import Regex
+
+            tok.normalizer = normalizers.Sequence(
+                ([normalizers.Lowercase()] if lowercase else [])
+                + [normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
+                   normalizers.Strip(left=False, right=True)])
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")])
         tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
         unk = dict(zip(STYLES[style]["roles"], STYLES[style]["tokens"], strict=True))["unk"]
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=unk,
@@ -345,6 +358,8 @@ def train_vocab(
     extra = {"keep_accents": not (strip_accents or (strip_accents is None and lowercase))} if style == "albert" else {}
     if model_type == "bpe":
         extra = {"add_prefix_space": False}
+    if style == "deberta":
+        extra = {"do_lower_case": bool(lowercase), "split_by_punct": False}
     tok = Tokenizer(backend, lowercase=lowercase, strip_accents=strip_accents,
                     specials=dict(zip(STYLES[style]["roles"], STYLES[style]["tokens"], strict=True)),
                     tokenizer_class=STYLES[style]["class"], extra_config=extra)

@@ -49,7 +49,7 @@ def command(
     preset: Annotated[str | None, typer.Option("--preset", help="tiny|mini|small|medium|base|large (default mini).", rich_help_panel=_M)] = None,
     config: Annotated[str | None, typer.Option("--config", help="YAML with model:, data:, masking:, train: sections; flags win.", rich_help_panel=_M)] = None,
     init_from: Annotated[str | None, typer.Option("--init-from", help="Continue pretraining from this checkpoint.", rich_help_panel=_M)] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="bert (default), roberta, albert, electra or distilbert: the family of the model built from scratch (ALBERT: embeddings 128, one shared layer group; ELECTRA: ELECTRA-small's shape unless --preset).", rich_help_panel=_M)] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="bert (default), roberta, albert, electra, distilbert or deberta: the family of the model built from scratch (ALBERT: embeddings 128, one shared layer group; ELECTRA: ELECTRA-small's shape, DeBERTa: DeBERTa-v3-small's (6 layers, hidden 768, 256 relative buckets) unless --preset).", rich_help_panel=_M)] = None,
     objective: Annotated[str | None, typer.Option("--objective", help="mlm+nsp (BERT's default), mlm+sop (ALBERT's sentence order, its default) or mlm (RoBERTa-style packed sentences; the other families' default).", rich_help_panel=_D)] = None,
     max_seq_length: Annotated[int | None, typer.Option("--max-seq-length", help="Tokens per example (default 128).", rich_help_panel=_D)] = None,
     short_seq_prob: Annotated[float | None, typer.Option("--short-seq-prob", help="Share of shorter NSP examples (default 0.1).", rich_help_panel=_D)] = None,

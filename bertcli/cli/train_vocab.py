@@ -31,7 +31,7 @@ EPILOG = """[bold]Examples[/]
 
   bertcli train-vocab ../shared/data/corpus --out runs/spm --model-type unigram --style xlm-roberta
 
-Special tokens come first, with fixed ids: wordpiece (bert) [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4; bpe (roberta) and unigram --style xlm-roberta <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4; unigram (albert) <pad>=0 <unk>=1 [CLS]=2 [SEP]=3 [MASK]=4. The output directory loads in transformers' AutoTokenizer and works as --model for tokenize and mask-preview and as --tokenizer for init and pretrain.
+Special tokens come first, with fixed ids: wordpiece (bert) [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4; bpe (roberta) and unigram --style xlm-roberta <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4; unigram (albert) <pad>=0 <unk>=1 [CLS]=2 [SEP]=3 [MASK]=4; unigram --style deberta (DeBERTa-v3, cased) [PAD]=0 [CLS]=1 [SEP]=2 [UNK]=3 [MASK]=4. The output directory loads in transformers' AutoTokenizer and works as --model for tokenize and mask-preview and as --tokenizer for init and pretrain.
 """
 
 
@@ -44,7 +44,7 @@ def command(
         "--model-type", help="wordpiece (BERT), bpe (byte-level, RoBERTa) or unigram (SentencePiece: ALBERT, XLM-R).",
     )] = "wordpiece",
     style: Annotated[str | None, typer.Option(
-        "--style", help="Special tokens and pair template: bert, roberta, albert or xlm-roberta "
+        "--style", help="Special tokens and pair template: bert, roberta, albert, xlm-roberta or deberta "
                         "(default: bert / roberta / albert for wordpiece / bpe / unigram).", show_default=False,
     )] = None,
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary size, special tokens included.")] = 30522,
