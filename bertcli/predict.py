@@ -53,7 +53,11 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
     ckpt = load_checkpoint(model_dir)
     head = ckpt.state.get("classifier.weight")
     task = ckpt.bertcli.get("task")
-    if head is None or not ckpt.heads & {"pooler", "pre_classifier"} or task in ("token-classification",):
+    archs = ckpt.hf_config.get("architectures")
+    token_arch = isinstance(archs, list) and str(archs[0] if archs else "").endswith("ForTokenClassification")
+    # ModernBERT's sequence and token classifiers both have head.*: its architecture tells them apart
+    if head is None or not ckpt.heads & {"pooler", "pre_classifier", "head"} or task in ("token-classification",) \
+            or token_arch:
         raise CheckpointError(
             f"{ckpt.path}: has no sequence classification head; fine-tune it first with "
             f"bertcli finetune --task classification|regression"
