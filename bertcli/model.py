@@ -311,13 +311,39 @@ class Packed:
             if e == s:
                 continue
             L = e - s
-            mask = None
-            if reach is not None and reach < L - 1:
-                mask = band(torch.arange(L, device=q.device), reach)  # (L, L)
-            y = F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1),
-                                               v[s:e].transpose(0, 1), attn_mask=mask, dropout_p=dropout_p)
+            qs, ks, vs = q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1)  # (N, L, D)
+            if reach is not None and L > 4 * reach:
+                y = local_attention(qs, ks, vs, reach, dropout_p)  # O(L * reach), not O(L^2)
+            else:
+                mask = band(torch.arange(L, device=q.device), reach) if reach is not None and reach < L - 1 else None
+                y = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, dropout_p=dropout_p)
             outs.append(y.transpose(0, 1))  # (L, N, D)
         return torch.cat(outs, dim=0) if outs else torch.zeros_like(q)
+
+
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reach: int, dropout_p: float = 0.0):
+    """Sliding-window attention (|i - j| <= reach) of one sequence in blocks: q, k, v (N, L, D) -> (N, L, D).
+
+    The L queries go in nb blocks of c = reach; block b attends to the 3c keys of blocks b-1, b, b+1
+    (a band mask keeps exactly |i - j| <= reach), so the cost is L x 3 * reach instead of L x L.
+    """
+    N, L, D = q.shape
+    c = reach
+    nb = -(-L // c)
+    pad = nb * c - L
+    qb = F.pad(q, (0, 0, 0, pad)).view(N, nb, c, D).transpose(0, 1)  # (nb, N, c, D)
+
+    def windows(t: torch.Tensor) -> torch.Tensor:  # (N, L, D) -> (nb, N, 3c, D)
+        t = F.pad(t, (0, 0, c, pad + c))  # (N, (nb + 2) c, D)
+        return t.unfold(1, 3 * c, c).permute(1, 0, 3, 2)
+
+    i = torch.arange(c, device=q.device)
+    jj = torch.arange(3 * c, device=q.device)
+    rel = (jj[None, :] - c - i[:, None]).abs() <= reach  # (c, 3c)
+    j = torch.arange(nb, device=q.device)[:, None] * c - c + jj[None, :]  # (nb, 3c) key positions
+    mask = rel[None] & ((j >= 0) & (j < L))[:, None, :]  # (nb, c, 3c)
+    y = F.scaled_dot_product_attention(qb, windows(k), windows(v), attn_mask=mask[:, None], dropout_p=dropout_p)
+    return y.transpose(0, 1).reshape(N, nb * c, D)[:, :L]
 
 
 class Pooler(nn.Module):
@@ -349,8 +375,8 @@ class BertModel(nn.Module):
                            if pre else nn.Identity())
         self.rotary = Rotary(config) if config.position_scheme == "rotary" else None
         # unpadded execution (ModernBERT's layers): True packs the real tokens of a padded batch;
-        # False is the padded reference path. packed_attention: auto (loop on CPU, block elsewhere),
-        # loop or block (see Packed).
+        # False is the padded reference path. packed_attention: auto (loop on CPU; block elsewhere for up
+        # to 4,096 tokens a batch), loop or block (see Packed).
         self.unpad = pre and self.rotary is not None
         self.packed_attention = "auto"
         self.pooler = Pooler(config) if with_pooler else None
@@ -368,11 +394,14 @@ class BertModel(nn.Module):
         return plan.unpack(self.final_norm(x))  # (B, T, H)
 
     def plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Padded | Packed:
-        """How this batch runs: packed when unpadding is on and the batch has padding, else padded."""
-        if self.unpad and attention_mask is not None and not bool(attention_mask.all()):
+        """How this batch runs: packed when unpadding is on (ModernBERT), else padded."""
+        if self.unpad:
+            if attention_mask is None:
+                attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
             mode = self.packed_attention
-            if mode == "auto":
-                mode = "loop" if input_ids.device.type == "cpu" else "block"
+            if mode == "auto":  # one SDPA call per sequence on CPU; on accelerators one call, up to an M x M mask
+                small = int(attention_mask.sum()) <= 4096
+                mode = "block" if input_ids.device.type != "cpu" and small else "loop"
             return Packed(attention_mask, self.rotary, mode)
         return Padded(attention_mask, input_ids.shape[1], input_ids.device, self.rotary)
 

@@ -194,6 +194,18 @@ def test_long_rows_local_and_global_layers_and_no_padding(tmp_path):
         assert _diff(wide(ids, mask), model(ids, mask), mask) > 1e-3
 
 
+@pytest.mark.parametrize(("L", "reach"), [(40, 4), (41, 4), (17, 4), (300, 64), (9, 2)])
+def test_windowed_local_attention_equals_the_band_mask(L, reach):
+    import torch.nn.functional as F
+
+    from bertcli.model import band, local_attention
+
+    g = torch.Generator().manual_seed(L)
+    q, k, v = (torch.randn(2, L, 8, generator=g) for _ in range(3))
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=band(torch.arange(L), reach))
+    assert (local_attention(q, k, v, reach) - want).abs().max().item() <= 1e-5
+
+
 def test_config_round_trip_and_refusals():
     hf = _hf_config(every=3).to_dict()
     config = BertConfig.from_hf(hf)
@@ -272,12 +284,18 @@ def test_finetune_predict_reload_in_transformers(tmp_path, minilm_dir, sst2_rows
     assert result.exit_code == 0, result.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "modernbert" and cfg["architectures"] == ["ModernBertForSequenceClassification"]
-    result = cli("predict", "--model", out, sst2_rows, "--json", "--quiet", "--device", "cpu", "--precision", "fp32")
+    rows_in = tmp_path / "predict.tsv"  # the training rows and one long text (~840 tokens)
+    rows_in.write_text(sst2_rows.read_text(encoding="utf-8") + f"{long_text}\t1\n", encoding="utf-8")
+    result = cli("predict", "--model", out, rows_in, "--json", "--quiet", "--device", "cpu", "--precision", "fp32",
+                 "--max-length", "2048")
     assert result.exit_code == 0, result.output
+    result_too_long = cli("predict", "--model", out, rows_in, "--json", "--max-length", "4096")
+    assert result_too_long.exit_code == 1 and "2048" in result_too_long.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     ours = torch.tensor([[row["prob_0"], row["prob_1"]] for row in rows])
     tok = Tokenizer.load(out)
-    enc = tok.encode_batch([row["sentence"] for row in rows], max_length=1024)
+    enc = tok.encode_batch([row["sentence"] for row in rows], max_length=2048)
+    assert len(enc[-1].ids) > 512
     ids, mask, _ = pad_batch([e.ids for e in enc], [e.type_ids for e in enc], tok.pad_id)
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert type(hf).__name__ == "ModernBertForSequenceClassification"
