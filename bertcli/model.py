@@ -151,17 +151,16 @@ class Rotary(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        D = config.head_dim
+        self.head_dim = config.head_dim
         self.bases = sorted({config.rope_theta, config.local_rope_theta or config.rope_theta})
-        for i, base in enumerate(self.bases):
-            inv = 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.float) / D))  # (D/2,)
-            self.register_buffer(f"inv_freq_{i}", inv, persistent=False)
 
     def tables(self, positions: torch.Tensor) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
-        """positions (P,) -> {base: (cos, sin)}, each (P, 1, D) float32."""
+        """positions (P,) -> {base: (cos, sin)}, each (P, 1, D) float32 (whatever the model's dtype)."""
         out = {}
-        for i, base in enumerate(self.bases):
-            freqs = positions.float()[:, None] * getattr(self, f"inv_freq_{i}")[None, :]  # (P, D/2)
+        D = self.head_dim
+        for base in self.bases:
+            inv = 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.float, device=positions.device) / D))  # (D/2,)
+            freqs = positions.float()[:, None] * inv[None, :]  # (P, D/2)
             emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (P, 1, D)
             out[base] = (emb.cos(), emb.sin())
         return out
