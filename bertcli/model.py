@@ -264,26 +264,50 @@ class Padded:
 class Packed:
     """Unpadded execution: the batch's M real tokens in one stream (M, H), sequences at ``cu_seqlens``.
 
-    Attention runs per sequence (``loop``: one SDPA call per sequence, a band mask only where the
-    sequence is longer than a local layer's window) or over the whole stream (``block``: one SDPA call
-    with a block-diagonal (+ band) mask over the M tokens).
+    Attention never spans two sequences. ``block`` (the default): the sequences of up to ``GROUP``
+    tokens are packed whole, in order, into G groups of at most ``GROUP`` tokens, and one SDPA call
+    runs on (G, N, S, D) with a block-diagonal (+ band) mask per group, so the work is bounded by
+    G x S^2 whatever the spread of lengths; longer sequences, and every sequence in ``loop`` mode, get
+    one SDPA call each (a band mask where a local layer's window is shorter than the sequence, or
+    windowed blocks where it is much shorter: see ``local_attention``).
     """
+
+    GROUP = 512
 
     def __init__(self, attention_mask: torch.Tensor, rotary: Rotary, mode: str):
         B, T = attention_mask.shape
         keep = attention_mask.bool()
+        dev = keep.device
         self.shape = (B, T)
         self.index = keep.flatten().nonzero().squeeze(1)  # (M,) positions in the flattened (B*T) batch
         lengths = keep.sum(1)  # (B,)
-        self.lengths = lengths.tolist()
         starts = torch.cumsum(lengths, 0) - lengths  # (B,)
         M = int(self.index.numel())
-        seq = torch.repeat_interleave(torch.arange(B, device=keep.device), lengths)  # (M,) sequence of each token
-        self.positions = torch.arange(M, device=keep.device) - starts[seq]  # (M,) position in its sequence
-        self.seq = seq
+        self.M = M
+        seq = torch.repeat_interleave(torch.arange(B, device=dev), lengths)  # (M,) sequence of each token
+        self.positions = torch.arange(M, device=dev) - starts[seq]  # (M,) position in its sequence
         self.cu_seqlens = [0, *torch.cumsum(lengths, 0).tolist()]
         self.rotary = rotary.tables(self.positions)
-        self.mode = mode
+        spans = [(s, e) for s, e in zip(self.cu_seqlens[:-1], self.cu_seqlens[1:], strict=True) if e > s]
+        self.alone = [(s, e) for s, e in spans if mode != "block" or e - s > self.GROUP]
+        grouped = [(s, e) for s, e in spans if mode == "block" and e - s <= self.GROUP]
+        groups: list[list[tuple[int, int]]] = []
+        for s, e in grouped:  # greedy, in order: a sequence opens a new group when it does not fit
+            if not groups or sum(b - a for a, b in groups[-1]) + e - s > self.GROUP:
+                groups.append([])
+            groups[-1].append((s, e))
+        self.gather = None
+        if groups:
+            S = max(sum(b - a for a, b in g) for g in groups)
+            gather = torch.full((len(groups), S), M, dtype=torch.long)  # M: a zero row past the stream
+            seq_id = torch.full((len(groups), S), -1, dtype=torch.long)
+            for gi, g in enumerate(groups):
+                tokens = torch.cat([torch.arange(a, b) for a, b in g])
+                gather[gi, :len(tokens)] = tokens
+                seq_id[gi, :len(tokens)] = torch.cat([torch.full((b - a,), n) for n, (a, b) in enumerate(g)])
+            self.gather, self.seq_id = gather.to(dev), seq_id.to(dev)  # (G, S)
+            self.valid = self.seq_id >= 0  # (G, S)
+            self.group_pos = torch.cat([self.positions, self.positions.new_zeros(1)])[self.gather]  # (G, S)
         self._masks: dict[int | None, torch.Tensor] = {}
 
     def pack(self, t: torch.Tensor | None) -> torch.Tensor | None:
@@ -295,20 +319,27 @@ class Packed:
         out[self.index] = x
         return out.view(B, T, -1)  # (B, T, H), zeros at padding
 
+    def group_mask(self, reach: int | None) -> torch.Tensor:
+        """(G, 1, S, S): same sequence of the group (and within reach); a padding row sees itself only."""
+        if reach not in self._masks:
+            m = (self.seq_id[:, :, None] == self.seq_id[:, None, :]) & self.valid[:, None, :]
+            if reach is not None:
+                m &= (self.group_pos[:, :, None] - self.group_pos[:, None, :]).abs() <= reach
+            eye = torch.eye(m.shape[-1], dtype=torch.bool, device=m.device)
+            self._masks[reach] = (m | (eye & ~self.valid[:, :, None]))[:, None]
+        return self._masks[reach]
+
     def attend(self, q, k, v, reach: int | None, dropout_p: float) -> torch.Tensor:
         """q, k, v (M, N, D) -> (M, N, D)."""
-        if self.mode == "block":
-            if reach not in self._masks:
-                same = self.seq[:, None] == self.seq[None, :]  # (M, M) block diagonal
-                self._masks[reach] = same if reach is None else same & band(self.positions, reach)
-            y = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
-                                               v.transpose(0, 1)[None], attn_mask=self._masks[reach],
-                                               dropout_p=dropout_p)  # (1, N, M, D)
-            return y[0].transpose(0, 1)
-        outs = []
-        for s, e in zip(self.cu_seqlens[:-1], self.cu_seqlens[1:], strict=True):
-            if e == s:
-                continue
+        out = torch.empty_like(q) if self.alone or self.gather is not None else torch.zeros_like(q)
+        if self.gather is not None:
+            def grouped(t: torch.Tensor) -> torch.Tensor:  # (M, N, D) -> (G, N, S, D)
+                return torch.cat([t, t.new_zeros(1, *t.shape[1:])])[self.gather].transpose(1, 2)
+
+            y = F.scaled_dot_product_attention(grouped(q), grouped(k), grouped(v), attn_mask=self.group_mask(reach),
+                                               dropout_p=dropout_p).transpose(1, 2)  # (G, S, N, D)
+            out = out.index_put((self.gather[self.valid],), y[self.valid])
+        for s, e in self.alone:
             L = e - s
             qs, ks, vs = q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1)  # (N, L, D)
             if reach is not None and L > 4 * reach:
@@ -316,8 +347,8 @@ class Packed:
             else:
                 mask = band(torch.arange(L, device=q.device), reach) if reach is not None and reach < L - 1 else None
                 y = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, dropout_p=dropout_p)
-            outs.append(y.transpose(0, 1))  # (L, N, D)
-        return torch.cat(outs, dim=0) if outs else torch.zeros_like(q)
+            out = out.index_put((torch.arange(s, e, device=q.device),), y.transpose(0, 1))  # (L, N, D)
+        return out
 
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reach: int, dropout_p: float = 0.0):
@@ -374,8 +405,7 @@ class BertModel(nn.Module):
                            if pre else nn.Identity())
         self.rotary = Rotary(config) if config.position_scheme == "rotary" else None
         # unpadded execution (ModernBERT's layers): True packs the real tokens of a padded batch;
-        # False is the padded reference path. packed_attention: auto (loop on CPU; block elsewhere for up
-        # to 4,096 tokens a batch), loop or block (see Packed).
+        # False is the padded reference path. packed_attention: auto (= block), block or loop (see Packed).
         self.unpad = pre and self.rotary is not None
         self.packed_attention = "auto"
         self.pooler = Pooler(config) if with_pooler else None
@@ -398,9 +428,8 @@ class BertModel(nn.Module):
             if attention_mask is None:
                 attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
             mode = self.packed_attention
-            if mode == "auto":  # one SDPA call per sequence on CPU; on accelerators one call, up to an M x M mask
-                small = int(attention_mask.sum()) <= 4096
-                mode = "block" if input_ids.device.type != "cpu" and small else "loop"
+            if mode == "auto":  # grouped block-diagonal attention: fewest calls, bounded work (measured)
+                mode = "block"
             return Packed(attention_mask, self.rotary, mode)
         return Padded(attention_mask, input_ids.shape[1], input_ids.device, self.rotary)
 

@@ -170,8 +170,13 @@ def test_bertcli_to_transformers(tmp_path, kind):
             assert _diff(a, b, mask) == 0.0
 
 
-def test_long_rows_local_and_global_layers_and_no_padding(tmp_path):
-    """Rows much longer than the window (window 8 of 40 tokens) and a batch without padding."""
+@pytest.mark.parametrize("group", [512, 16])
+def test_long_rows_local_and_global_layers_and_no_padding(tmp_path, monkeypatch, group):
+    """Rows much longer than the window (window 8 of 40 tokens) and a batch without padding; with groups
+    of 16 tokens, block mode groups the short rows and runs the long ones alone (windowed)."""
+    from bertcli.model import Packed
+
+    monkeypatch.setattr(Packed, "GROUP", group)
     torch.manual_seed(0)
     ref = transformers.ModernBertModel(_hf_config(every=3, local_attention=8)).eval()
     _perturb(ref)
@@ -180,7 +185,7 @@ def test_long_rows_local_and_global_layers_and_no_padding(tmp_path):
     model = BertModel(ckpt.config, with_pooler=False)
     load_into(model, {k[5:]: v for k, v in ckpt.state.items() if k.startswith("bert.")}, str(tmp_path))
     model.eval()
-    for lengths in ([40, 17, 33, 2], [40, 40]):
+    for lengths in ([40, 17, 33, 2, 7, 9], [40, 40]):
         ids, mask = _batch(lengths)
         with torch.no_grad():
             want = ref(input_ids=ids, attention_mask=mask).last_hidden_state
