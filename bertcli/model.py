@@ -265,11 +265,11 @@ class Padded:
 class Packed:
     """Unpadded execution: the batch's M real tokens in one stream (M, H), sequences at ``cu_seqlens``.
 
-    Attention never spans two sequences. ``block`` (the default): the sequences of up to ``GROUP``
+    Attention never spans two sequences. ``block`` (the default off CPU): the sequences of up to ``GROUP``
     tokens are packed whole, in order, into G groups of at most ``GROUP`` tokens, and one SDPA call
     runs on (G, N, S, D) with a block-diagonal (+ band) mask per group, so the work is bounded by
     G x S^2 whatever the spread of lengths; longer sequences, and every sequence in ``loop`` mode, get
-    one SDPA call each (a band mask where a local layer's window is shorter than the sequence, or
+    one SDPA call each (``loop``, the default on CPU; a band mask where a local layer's window is shorter than the sequence, or
     windowed blocks where it is much shorter: see ``local_attention``).
     """
 
@@ -347,7 +347,8 @@ class Packed:
                 y = local_attention(qs, ks, vs, reach, dropout_p)  # O(L * reach), not O(L^2)
             else:
                 mask = band(torch.arange(L, device=q.device), reach) if reach is not None and reach < L - 1 else None
-                y = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, dropout_p=dropout_p)
+                # 4-d inputs: SDPA's fused CPU kernel takes (B, N, L, D) only, 3-d ones fall back to matmuls
+                y = F.scaled_dot_product_attention(qs[None], ks[None], vs[None], attn_mask=mask, dropout_p=dropout_p)[0]
             out = out.index_put((torch.arange(s, e, device=q.device),), y.transpose(0, 1))  # (L, N, D)
         return out
 
@@ -406,7 +407,8 @@ class BertModel(nn.Module):
                            if pre else nn.Identity())
         self.rotary = Rotary(config) if config.position_scheme == "rotary" else None
         # unpadded execution (ModernBERT's layers): True packs the real tokens of a padded batch;
-        # False is the padded reference path. packed_attention: auto (= block), block or loop (see Packed).
+        # False is the padded reference path. packed_attention: auto (loop on CPU, block elsewhere), block
+        # or loop (see Packed).
         self.unpad = pre and self.rotary is not None
         self.packed_attention = "auto"
         self.pooler = Pooler(config) if with_pooler else None
@@ -429,8 +431,8 @@ class BertModel(nn.Module):
             if attention_mask is None:
                 attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
             mode = self.packed_attention
-            if mode == "auto":  # grouped block-diagonal attention: fewest calls, bounded work (measured)
-                mode = "block"
+            if mode == "auto":  # measured (benchmarks/bench_modernbert.py): per sequence on CPU, grouped elsewhere
+                mode = "loop" if input_ids.device.type == "cpu" else "block"
             return Packed(attention_mask, self.rotary, mode)
         return Padded(attention_mask, input_ids.shape[1], input_ids.device, self.rotary)
 
