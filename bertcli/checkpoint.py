@@ -192,6 +192,9 @@ class FamilyNames:
     decoder: str = ""  # the tied MLM decoder weight (not ours to keep: it is the word embeddings)
     pretraining: tuple[str, ...] = ("mlm", "nsp")  # heads of *ForPreTraining; () = the family has none
     ignored: tuple[str, ...] = ()  # HF names (prefixes) the family's checkpoints may carry that bertcli drops
+    # where one HF name means different heads by task (ModernBERT's head.* / classifier.*): the heads read
+    # for each architecture suffix (ForMaskedLM, ...) instead of ``heads``
+    heads_by_architecture: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def layer_name(self, i: int, inner: int) -> str:
         return self.layer.format(i=i, g=i // inner, j=i % inner)
@@ -278,6 +281,26 @@ FAMILY_NAMES["deberta-v2"] = FamilyNames(
     dense_heads=_DEBERTA_CLS, decoder="cls.predictions.decoder.weight", pretraining=(),
     ignored=("mask_predictions.",),  # the replaced-token head of microsoft's v3 checkpoints
 )
+# ModernBERT: fused Wqkv, pre-norm layers, a final norm, no biases (the bias rows match nothing then);
+# its head.dense / head.norm are the MLM head's in ForMaskedLM and the classifier head's otherwise, and
+# its span classifier is named classifier too.
+_MODERN_HEAD = _pairs(("head.dense", "head.dense"), ("head.norm", "head.norm"))
+_MODERN_MLM = _pairs(("mlm.dense", "head.dense"), ("mlm.norm", "head.norm")) + [("mlm.bias", "decoder.bias")]
+FAMILY_NAMES["modernbert"] = FamilyNames(
+    prefix="model", classes="ModernBert", layer="layers.{i}.", qkv=(),
+    encoder=[("embeddings.word.weight", "embeddings.tok_embeddings.weight")]
+    + _pairs(("embeddings.norm", "embeddings.norm"), ("final_norm", "final_norm")),
+    layer_map=_pairs(("attn_norm", "attn_norm"), ("attn.qkv", "attn.Wqkv"), ("attn.out", "attn.Wo"),
+                     ("ffn_norm", "mlp_norm"), ("ffn.up", "mlp.Wi"), ("ffn.down", "mlp.Wo")),
+    heads=_MODERN_MLM + _MODERN_HEAD + _pairs(("classifier", "classifier"), ("qa", "classifier")),
+    decoder="decoder.weight", pretraining=(),
+    heads_by_architecture={
+        "ForMaskedLM": _MODERN_MLM, "Model": [],
+        "ForSequenceClassification": _MODERN_HEAD + _pairs(("classifier", "classifier")),
+        "ForTokenClassification": _MODERN_HEAD + _pairs(("classifier", "classifier")),
+        "ForQuestionAnswering": _MODERN_HEAD + _pairs(("qa", "classifier")),
+    },
+)
 _QKV = ("query", "key", "value")
 # Hugging Face names that carry no weights we need (buffers).
 _IGNORED_HF = re.compile(r"(^|\.)(position_ids|token_type_ids)$")
@@ -287,9 +310,11 @@ def family_names(config: BertConfig | None) -> FamilyNames:
     return FAMILY_NAMES[config.family if config is not None else "bert"]
 
 
-def hf_to_ours(hf_state: dict[str, Any], source: str = "weights", config: BertConfig | None = None) -> dict[str, Any]:
+def hf_to_ours(hf_state: dict[str, Any], source: str = "weights", config: BertConfig | None = None,
+               architecture: str | None = None) -> dict[str, Any]:
     """Map a Hugging Face state dict of ``config``'s family (any head, with or without the encoder
-    prefix) to bertcli names.
+    prefix) to bertcli names. ``architecture`` (config.json's) tells the heads apart where the family
+    names them alike.
 
     Encoder tensors land under ``bert.``; heads under ``mlm.``, ``nsp.``, ``pre_classifier.``,
     ``classifier.``, ``qa.``, ``rtd.``. Separate query/key/value projections are fused into ``qkv``.
@@ -299,11 +324,17 @@ def hf_to_ours(hf_state: dict[str, Any], source: str = "weights", config: BertCo
     fam = family_names(config)
     inner_n = config.inner_group_num if config is not None else 1
     heads = {hf: ours for ours, hf in fam.heads}
+    if fam.heads_by_architecture:
+        kind = next((k for k in fam.heads_by_architecture if architecture and architecture == fam.classes + k), None)
+        if kind is None:  # no (known) architecture: classifier weights mean a sequence classifier
+            kind = ("ForSequenceClassification" if any(n.startswith("classifier.") for n in hf_state)
+                    else "ForMaskedLM")
+        heads = {hf: ours for ours, hf in fam.heads_by_architecture[kind]}
     encoder = {hf: ours for ours, hf in fam.encoder}
     layer_re = re.compile(re.escape(fam.layer).replace(r"\{i\}", r"(?P<i>\d+)")
                           .replace(r"\{g\}", r"(?P<g>\d+)").replace(r"\{j\}", r"(?P<j>\d+)") + "(.+)")
     layer_map = {hf: ours for ours, hf in fam.layer_map}
-    qkv_re = re.compile("(" + "|".join(re.escape(q) for q in fam.qkv) + r")\.(weight|bias)")
+    qkv_re = re.compile("(" + "|".join(re.escape(q) for q in fam.qkv) + r")\.(weight|bias)" if fam.qkv else "(?!)")
     ours: dict[str, Any] = {}
     qkv: dict[tuple[int, str], dict[str, Any]] = {}
     unknown = []
@@ -381,7 +412,7 @@ def ours_to_hf(state: dict[str, Any], prefix: bool, config: BertConfig | None = 
         if not m or (m.group(2) not in layer_map and not m.group(2).startswith("attn.qkv.")):
             raise CheckpointError(f"internal: no {fam.classes} name for parameter '{name}'")
         layer = pre + fam.layer_name(int(m.group(1)), inner_n)
-        q = re.fullmatch(r"attn\.qkv\.(weight|bias)", m.group(2))
+        q = re.fullmatch(r"attn\.qkv\.(weight|bias)", m.group(2)) if fam.qkv else None
         if q:
             for part, chunk in zip(fam.qkv, tensor.chunk(3, dim=0), strict=True):
                 out[f"{layer}{part}.{q.group(1)}"] = chunk
@@ -488,7 +519,8 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> Checkpoint:
         if not wfile.is_file():
             _refuse_pickle(path)
             raise CheckpointError(f"{path}: no {WEIGHTS_NAME}; is this a checkpoint directory?")
-        state = hf_to_ours(read_weights(wfile), source=str(wfile), config=config)
+        arch = (hf.get("architectures") or [None])[0] if isinstance(hf.get("architectures"), list) else None
+        state = hf_to_ours(read_weights(wfile), source=str(wfile), config=config, architecture=arch)
         check_shapes(state, config, str(wfile))
     return Checkpoint(
         path=path, config=config, hf_config=hf, state=state,
@@ -496,7 +528,23 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> Checkpoint:
     )
 
 
+def _built_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes of the modules bertcli builds for ``config`` (on the meta device: no memory)."""
+    import torch
+
+    from bertcli.heads import BertForPreTraining, BertForSequenceClassification
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in BertForPreTraining(config, nsp=False).state_dict().items()}
+        shapes.update({k: tuple(v.shape) for k, v in BertForSequenceClassification(config, 2).state_dict().items()
+                       if not k.startswith("classifier.")})
+    shapes.update({"qa.weight": (2, config.hidden_size), "qa.bias": (2,)})
+    return shapes
+
+
 def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    if config.norm_placement == "pre":  # ModernBERT's modules: read the shapes off the built model
+        return _built_shapes(config)
     H, inter, E = config.hidden_size, config.intermediate_size, config.word_size
     shapes: dict[str, tuple[int, ...]] = {
         "bert.embeddings.word.weight": (config.vocab_size, E),
@@ -698,6 +746,9 @@ def save_checkpoint(
         write_weights(hf_state, tmp / WEIGHTS_NAME)
         hf = config.to_hf()
         hf["architectures"] = [arch]
+        if tokenizer is not None and "cls_token_id" in hf:  # ModernBERT's config names its special tokens
+            hf.update(cls_token_id=tokenizer.cls_id, sep_token_id=tokenizer.sep_id, bos_token_id=tokenizer.cls_id,
+                      eos_token_id=tokenizer.sep_id)
         if hf_extra:
             hf.update(hf_extra)
         block = {"format_version": FORMAT_VERSION}

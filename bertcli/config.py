@@ -25,9 +25,12 @@ from bertcli.errors import ConfigError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 HEAD_ACTIVATIONS = ("tanh", *ACTIVATIONS)
-POSITION_SCHEMES = ("absolute", "padding_offset", "relative")
+POSITION_SCHEMES = ("absolute", "padding_offset", "relative", "rotary")
 POS_ATT_TYPES = ("c2p", "p2c")  # DeBERTa's disentangled terms: content-to-position, position-to-content
-CLS_HEADS = ("pooler", "dense")
+CLS_HEADS = ("pooler", "dense", "prediction")
+NORM_PLACEMENTS = ("post", "pre")
+MLP_KINDS = ("plain", "glu")
+CLASSIFIER_POOLINGS = ("cls", "mean")
 # Hugging Face spellings of the activations we implement.
 _HF_ACT_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 _HF_ACT_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
@@ -68,6 +71,19 @@ class BertConfig:
     share_att_key: bool = False  # project relative embeddings with the content query/key weights
     norm_rel_ebd: bool = False  # LayerNorm on the relative-position table
     position_biased_input: bool = True  # absolute position embeddings added to the input (DeBERTa-v3: false)
+    # --- ModernBERT: pre-norm, GeGLU, rotary positions, local attention, no biases (BERT's values by default)
+    norm_placement: str = "post"  # post-LN (BERT) or "pre": LayerNorm before each block, a final norm after
+    mlp_kind: str = "plain"  # up/act/down, or "glu": a fused up projection to 2I, act(input) * gate, down
+    attention_bias: bool = True  # biases of the qkv and output projections
+    mlp_bias: bool = True  # biases of the feed-forward projections
+    norm_bias: bool = True  # LayerNorm biases
+    head_bias: bool = True  # bias of ModernBERT's head dense layer (classifier_bias)
+    decoder_bias: bool = True  # the MLM decoder's output bias
+    local_attention: int | None = None  # sliding window (tokens, both sides together) of the local layers
+    global_attn_every_n_layers: int = 1  # layer i is global when i % n == 0, local (windowed) otherwise
+    rope_theta: float = 10000.0  # rotary base of the global layers
+    local_rope_theta: float | None = None  # rotary base of the local layers; None = rope_theta
+    classifier_pooling: str = "cls"  # ModernBERT's sequence head on the first token or the mean of the tokens
 
     def __post_init__(self) -> None:
         _check_types(self, "BertConfig")
@@ -82,7 +98,8 @@ class BertConfig:
             raise ConfigError(f"config field 'type_vocab_size' must be 0 (no token types) or more, got {self.type_vocab_size}")
         for name, valid in (("family", tuple(FAMILIES)), ("position_scheme", POSITION_SCHEMES),
                             ("cls_head", CLS_HEADS), ("cls_head_activation", HEAD_ACTIVATIONS),
-                            ("mlm_activation", (None, *ACTIVATIONS))):
+                            ("mlm_activation", (None, *ACTIVATIONS)), ("norm_placement", NORM_PLACEMENTS),
+                            ("mlp_kind", MLP_KINDS), ("classifier_pooling", CLASSIFIER_POOLINGS)):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"config field '{name}' is {getattr(self, name)!r}; valid values: "
                                   f"{', '.join(str(v) for v in valid)}")
@@ -112,6 +129,16 @@ class BertConfig:
             )
         if self.layer_norm_eps <= 0:
             raise ConfigError(f"config field 'layer_norm_eps' must be positive, got {self.layer_norm_eps}")
+        if self.local_attention is not None and self.local_attention < 2:
+            raise ConfigError(f"config field 'local_attention' must be at least 2 (or null), got {self.local_attention}")
+        if self.global_attn_every_n_layers < 1:
+            raise ConfigError("config field 'global_attn_every_n_layers' must be a positive integer, "
+                              f"got {self.global_attn_every_n_layers}")
+        for name in ("rope_theta", "local_rope_theta"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"config field '{name}' must be positive, got {getattr(self, name)}")
+        if self.position_scheme == "rotary" and self.head_dim % 2:
+            raise ConfigError(f"rotary positions need an even head size; hidden_size / num_heads = {self.head_dim}")
 
     @property
     def head_dim(self) -> int:
@@ -132,6 +159,12 @@ class BertConfig:
     @property
     def num_built_layers(self) -> int:
         return (self.num_hidden_groups or self.num_layers) * self.inner_group_num
+
+    def layer_window(self, i: int) -> int | None:
+        """Layer i's attention reach (|query - key| <= reach), or None for a global layer."""
+        if self.local_attention is None or i % self.global_attn_every_n_layers == 0:
+            return None
+        return self.local_attention // 2
 
     @property
     def relative_span(self) -> int:
@@ -221,6 +254,8 @@ class BertConfig:
             raise ConfigError(
                 f"{source}: {act_key} '{act}' is not supported; valid values: {', '.join(_HF_ACT_IN)}"
             )
+        if "prepare" in fam:  # a family's own config.json shapes, normalised before the name table
+            hf = fam["prepare"](hf, source)
         values: dict[str, Any] = dict(fam["fixed"])
         for hf_key, name in fam["names"].items():
             if hf_key in hf and hf[hf_key] is not None:
@@ -250,6 +285,8 @@ class BertConfig:
         out.update(fam["hf_fixed"])
         if "write" in fam:
             fam["write"](self, out)
+        if "extra" in fam:
+            out.update(fam["extra"](self))
         out["tie_word_embeddings"] = True  # the MLM decoder is the word-embedding matrix
         return out
 
@@ -355,6 +392,77 @@ FAMILIES["deberta-v2"] = {
     "read": _deberta_read, "write": _deberta_write,
 }
 
+
+# --- ModernBERT: its config.json names, its defaults (transformers' ModernBertConfig), and the two shapes
+# transformers writes for the layer pattern and rotary bases (5.x: layer_types / rope_parameters; 4.x:
+# global_attn_every_n_layers / global_rope_theta / local_rope_theta).
+def _modernbert_read(hf: dict[str, Any], source: str) -> dict[str, Any]:
+    hf = dict(hf)
+    types_ = hf.get("layer_types")
+    if isinstance(types_, list) and types_:
+        n_layers = len(types_)
+        every = next((n for n in range(1, n_layers + 1) if all(
+            t == ("full_attention" if i % n == 0 else "sliding_attention") for i, t in enumerate(types_))), None)
+        if every is None and all(t == "full_attention" for t in types_):
+            every = 1
+        if every is None:
+            raise ConfigError(f"{source}: layer_types {types_} is not 'every n-th layer global' (the pattern "
+                              f"bertcli runs: full_attention at layers 0, n, 2n, ...)")
+        hf["global_attn_every_n_layers"] = every
+    rope = hf.get("rope_parameters")
+    if isinstance(rope, dict):
+        for kind, key in (("full_attention", "global_rope_theta"), ("sliding_attention", "local_rope_theta")):
+            params = rope.get(kind) or {}
+            if params.get("rope_type", "default") != "default":
+                raise ConfigError(f"{source}: rope_type '{params['rope_type']}' ({kind}) is not supported; "
+                                  f"only 'default' rotary embeddings")
+            if params.get("rope_theta") is not None:
+                hf[key] = params["rope_theta"]
+    if hf.get("rope_scaling"):
+        raise ConfigError(f"{source}: rope_scaling is not supported; only 'default' rotary embeddings")
+    act = hf.get("classifier_activation")
+    if isinstance(act, str):
+        hf["classifier_activation"] = _HF_ACT_IN.get(act, act)
+    return hf
+
+
+def _modernbert_write(config: BertConfig) -> dict[str, Any]:
+    local = config.local_rope_theta or config.rope_theta
+    return {
+        "layer_types": ["full_attention" if config.layer_window(i) is None else "sliding_attention"
+                        for i in range(config.num_layers)],
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": config.rope_theta},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": local}},
+        "global_attn_every_n_layers": config.global_attn_every_n_layers,
+        "global_rope_theta": config.rope_theta, "local_rope_theta": local,
+        "local_attention": config.local_attention or 2 * config.max_positions,
+        "classifier_activation": _HF_ACT_OUT.get(config.cls_head_activation, config.cls_head_activation),
+        "cls_token_id": None, "sep_token_id": None, "bos_token_id": None, "eos_token_id": None,
+    }
+
+
+FAMILIES["modernbert"] = {
+    "act_key": "hidden_activation", "always_project": False, "hf_fixed": {}, "prepare": _modernbert_read,
+    "extra": _modernbert_write,
+    "names": {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_hidden_layers": "num_layers",
+              "num_attention_heads": "num_heads", "intermediate_size": "intermediate_size",
+              "max_position_embeddings": "max_positions", "norm_eps": "layer_norm_eps",
+              "embedding_dropout": "hidden_dropout", "mlp_dropout": "hidden_dropout",
+              "attention_dropout": "attention_dropout", "classifier_dropout": "classifier_dropout",
+              "pad_token_id": "pad_token_id", "initializer_range": "initializer_range",
+              "norm_bias": "norm_bias", "attention_bias": "attention_bias", "mlp_bias": "mlp_bias",
+              "classifier_bias": "head_bias", "decoder_bias": "decoder_bias",
+              "classifier_activation": "cls_head_activation", "classifier_pooling": "classifier_pooling",
+              "local_attention": "local_attention", "global_attn_every_n_layers": "global_attn_every_n_layers",
+              "global_rope_theta": "rope_theta", "local_rope_theta": "local_rope_theta"},
+    "fixed": {"family": "modernbert", "position_scheme": "rotary", "type_vocab_size": 0, "norm_placement": "pre",
+              "mlp_kind": "glu", "cls_head": "prediction", "cls_head_activation": "gelu", "layer_norm_eps": 1e-5,
+              "hidden_dropout": 0.0, "attention_dropout": 0.0, "classifier_dropout": 0.0,
+              "attention_bias": False, "mlp_bias": False, "norm_bias": False, "head_bias": False,
+              "decoder_bias": True, "local_attention": 128, "global_attn_every_n_layers": 3,
+              "rope_theta": 160000.0, "local_rope_theta": 10000.0, "max_positions": 8192},
+}
+
 # pretrain --arch: the family and its preset shape (a --preset / model: fields win over the shape)
 ARCHS: dict[str, dict[str, Any]] = {
     "bert": {"family": "bert"},
@@ -367,7 +475,13 @@ ARCHS: dict[str, dict[str, Any]] = {
     # DeBERTa-v3-small's shape: 6 layers, hidden 768, 12 heads, 256 position buckets
     "deberta": {"family": "deberta-v2", "num_layers": 6, "hidden_size": 768, "num_heads": 12,
                 "intermediate_size": 3072},
+    # a small ModernBERT (ModernBERT-base's proportions: GeGLU intermediate 1.5 x hidden, every 3rd layer
+    # global, a 128-token window, 8,192 positions) at 10 layers x hidden 384
+    "modernbert": {"family": "modernbert", "num_layers": 10, "hidden_size": 384, "num_heads": 6,
+                   "intermediate_size": 576},
 }
+# hidden -> intermediate for a --preset shape, per family (4 x hidden otherwise)
+_INTERMEDIATE_RATIO = {"modernbert": 1.5}
 _SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
@@ -385,7 +499,9 @@ def arch_values(arch: str, preset: str | None, values: dict[str, Any]) -> dict[s
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
         layers, hidden = PRESETS[preset]
-        out.update(num_layers=layers, hidden_size=hidden, num_heads=max(1, hidden // 64), intermediate_size=4 * hidden)
+        ratio = _INTERMEDIATE_RATIO.get(ARCHS[arch]["family"], 4)
+        out.update(num_layers=layers, hidden_size=hidden, num_heads=max(1, hidden // 64),
+                   intermediate_size=int(ratio * hidden))
     out.update(values)
     if out.get("position_scheme") == "padding_offset" and "max_positions" not in values:
         out["max_positions"] = 512 + int(out.get("pad_token_id", 0)) + 1  # 512 tokens past the pad id

@@ -34,15 +34,36 @@ def head_activation(name: str) -> nn.Module:
     return nn.Tanh() if name == "tanh" else activation(name)
 
 
-class MLMHead(nn.Module):
-    """dense (H -> E) + activation + LayerNorm, then a decoder tied to the word embeddings, plus a bias."""
+class PredictionHead(nn.Module):
+    """ModernBERT's head: dense (H -> H) + activation + LayerNorm, before its classifiers and its MLM decoder."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.word_size)
-        self.act = activation(config.mlm_activation or config.activation)
-        self.norm = nn.LayerNorm(config.word_size, eps=config.layer_norm_eps)
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.head_bias)
+        self.act = head_activation(config.cls_head_activation)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.norm_bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(hidden)))
+
+
+def token_head(config: BertConfig) -> nn.Module:
+    """What runs on each token before a token / span classifier: ModernBERT's head, else nothing."""
+    return PredictionHead(config) if config.cls_head == "prediction" else nn.Identity()
+
+
+class MLMHead(nn.Module):
+    """dense (H -> E) + activation + LayerNorm, then a decoder tied to the word embeddings, plus a bias
+    (ModernBERT: its head's activation and biases, the decoder bias optional)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        prediction = config.cls_head == "prediction"
+        self.dense = nn.Linear(config.hidden_size, config.word_size, bias=config.head_bias)
+        self.act = (head_activation(config.cls_head_activation) if prediction
+                    else activation(config.mlm_activation or config.activation))
+        self.norm = nn.LayerNorm(config.word_size, eps=config.layer_norm_eps, bias=config.norm_bias)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.decoder_bias else None
 
     def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
         """(..., H) hidden states and the (V, E) word-embedding matrix -> (..., V) logits."""
@@ -103,32 +124,41 @@ class BertForReplacedTokenDetection(nn.Module):
 class BertForSequenceClassification(nn.Module):
     """A sentence vector -> dropout -> linear (num_labels; 1 for regression).
 
-    The sentence vector is the pooler output (``cls_head`` "pooler": BERT, ALBERT) or, for a dense
-    head (RoBERTa, XLM-R, ELECTRA, DistilBERT), ``act(pre_classifier(dropout(h[<s>])))``.
+    The sentence vector is the pooler output (``cls_head`` "pooler": BERT, ALBERT), for a dense
+    head (RoBERTa, XLM-R, ELECTRA, DistilBERT) ``act(pre_classifier(dropout(h[<s>])))``, or for
+    ModernBERT's ("prediction") ``head(h[CLS])`` or ``head(mean of h)`` by ``classifier_pooling``.
     """
 
     def __init__(self, config: BertConfig, num_labels: int, classifier_dropout: float | None = None):
         super().__init__()
         self.config = config
         dense = config.cls_head == "dense"
-        self.bert = BertModel(config, with_pooler=not dense)
+        prediction = config.cls_head == "prediction"
+        self.bert = BertModel(config, with_pooler=config.cls_head == "pooler")
         self.dropout = nn.Dropout(head_dropout(config, classifier_dropout))
         self.pre_classifier = nn.Linear(config.hidden_size, config.hidden_size) if dense else None
         self.pre_act = head_activation(config.cls_head_activation)
         self.pre_dropout = self.dropout if config.cls_head_input_dropout else nn.Identity()
+        self.head = PredictionHead(config) if prediction else None
+        self.pooling = config.classifier_pooling
         self.classifier = nn.Linear(config.hidden_size, num_labels)
-        self.sentence = self._dense if dense else self._pooled
+        self.sentence = self._dense if dense else self._predicted if prediction else self._pooled
         init_weights(self, config.initializer_range)
 
-    def _pooled(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _pooled(self, hidden: torch.Tensor, attention_mask) -> torch.Tensor:
         return self.bert.pooler(hidden)  # (B, H)
 
-    def _dense(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _dense(self, hidden: torch.Tensor, attention_mask) -> torch.Tensor:
         return self.pre_act(self.pre_classifier(self.pre_dropout(hidden[:, 0])))  # (B, H)
+
+    def _predicted(self, hidden: torch.Tensor, attention_mask) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        return self.head(pool(hidden, attention_mask, self.pooling))  # (B, H)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
-        return self.classifier(self.dropout(self.sentence(hidden)))  # (B, num_labels)
+        return self.classifier(self.dropout(self.sentence(hidden, attention_mask)))  # (B, num_labels)
 
 
 class BertForTokenClassification(nn.Module):
@@ -138,13 +168,14 @@ class BertForTokenClassification(nn.Module):
         super().__init__()
         self.config = config
         self.bert = BertModel(config, with_pooler=False)
+        self.head = token_head(config)
         self.dropout = nn.Dropout(head_dropout(config, classifier_dropout))
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_weights(self, config.initializer_range)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
-        return self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        return self.classifier(self.dropout(self.head(hidden)))  # (B, T, num_labels)
 
 
 class BertForQuestionAnswering(nn.Module):
@@ -154,12 +185,14 @@ class BertForQuestionAnswering(nn.Module):
         super().__init__()
         self.config = config
         self.bert = BertModel(config, with_pooler=False)
+        self.head = token_head(config)  # ModernBERT: head + dropout before the span layer
+        self.dropout = nn.Dropout(head_dropout(config)) if config.cls_head == "prediction" else nn.Identity()
         self.qa = nn.Linear(config.hidden_size, 2)
         init_weights(self, config.initializer_range)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
-        start, end = self.qa(hidden).unbind(-1)  # 2 x (B, T)
+        start, end = self.qa(self.dropout(self.head(hidden))).unbind(-1)  # 2 x (B, T)
         return start, end
 
 

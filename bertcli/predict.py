@@ -42,8 +42,10 @@ class Classifier:
         return out, truncated
 
 
-def load_classifier(model_dir: str | Path, device: str = "auto", precision: str = "auto") -> Classifier:
-    """Load a checkpoint with a sequence classification head; head size vs label map checked."""
+def load_classifier(model_dir: str | Path, device: str = "auto", precision: str = "auto",
+                    max_length: int | None = None) -> Classifier:
+    """Load a checkpoint with a sequence classification head; head size vs label map checked.
+    ``max_length`` (up to the model's positions) replaces the fine-tuned truncation length."""
     from bertcli.checkpoint import load_checkpoint, load_into, load_tokenizer
     from bertcli.device import resolve_device, resolve_precision
     from bertcli.heads import BertForSequenceClassification
@@ -53,7 +55,11 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
     ckpt = load_checkpoint(model_dir)
     head = ckpt.state.get("classifier.weight")
     task = ckpt.bertcli.get("task")
-    if head is None or not ckpt.heads & {"pooler", "pre_classifier"} or task in ("token-classification",):
+    archs = ckpt.hf_config.get("architectures")
+    token_arch = isinstance(archs, list) and str(archs[0] if archs else "").endswith("ForTokenClassification")
+    # ModernBERT's sequence and token classifiers both have head.*: its architecture tells them apart
+    if head is None or not ckpt.heads & {"pooler", "pre_classifier", "head"} or task in ("token-classification",) \
+            or token_arch:
         raise CheckpointError(
             f"{ckpt.path}: has no sequence classification head; fine-tune it first with "
             f"bertcli finetune --task classification|regression"
@@ -71,8 +77,13 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
     if not regression and sorted(id2label) != list(range(rows)):
         raise CheckpointError(f"{ckpt.path}: id2label keys must be 0..{rows - 1}, got {sorted(id2label)}")
     tok = load_tokenizer(ckpt.path, ckpt.config.vocab_size)
-    max_length = int(ckpt.bertcli.get("max_length") or min(ckpt.config.max_length, tok.model_max_length))
-    max_length = min(max_length, ckpt.config.max_length)
+    if max_length is not None:
+        from bertcli.tokenizer import check_max_length
+
+        max_length = check_max_length(max_length, ckpt.config.max_length)
+    else:
+        max_length = int(ckpt.bertcli.get("max_length") or min(ckpt.config.max_length, tok.model_max_length))
+        max_length = min(max_length, ckpt.config.max_length)
     model = BertForSequenceClassification(ckpt.config, rows)
     load_into(model, ckpt.state, str(ckpt.path))
     model.to(dev).eval()
@@ -107,13 +118,14 @@ def predict_table(
     encoding: str = "utf-8",
     classifier: Classifier | None = None,
     progress=None,
+    max_length: int | None = None,
 ) -> Predictions:
     """Predict every row of ``input`` (``-`` for stdin); returns the rows with the added columns."""
     from bertcli.data.tables import read_table
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    clf = classifier or load_classifier(model_dir, device, precision)
+    clf = classifier or load_classifier(model_dir, device, precision, max_length)
     saved = clf.checkpoint.bertcli
     text_column = text_column or saved.get("text_column")
     if text_pair_column is None:

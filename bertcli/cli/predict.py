@@ -44,6 +44,7 @@ def command(
     text_pair_column: Annotated[str | None, typer.Option("--text-pair-column", help="Column with the second text of a pair (default: the training column).", show_default=False)] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Output file (.csv, .tsv, .jsonl) or - for stdout (the input's format).")] = "-",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per forward pass.")] = 64,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate texts to N tokens, up to the model's max_position_embeddings (classification and regression models; default: the fine-tuned length).", show_default=False)] = None,
     delimiter: Annotated[str | None, typer.Option("--delimiter", help="Input field delimiter (default: by extension).", show_default=False)] = None,
     no_quoting: Annotated[bool | None, typer.Option("--no-quoting/--quoting", help="Treat double quotes as text (default: as in training).", show_default=False)] = None,
     no_header: Annotated[bool | None, typer.Option("--no-header/--header", help="The input has no header row (default: as in training).", show_default=False)] = None,
@@ -64,6 +65,11 @@ def command(
     task = load_checkpoint(model, weights=False).bertcli.get("task")
     module = finetune_tasks().get(task or "")
     if module is not None and callable(getattr(module, "predict_command", None)):
+        if max_length is not None:
+            from bertcli.errors import ConfigError
+
+            raise ConfigError(f"--max-length applies to classification and regression models; {model} is a {task} "
+                              "model, which predicts with the windows it was fine-tuned with")
         # Tasks whose output is not one row per input row (entities, answers) predict themselves.
         module.predict_command(model=model, input=input, output=output, json_out=json_out, quiet=quiet,
                                text_column=text_column, batch_size=batch_size, delimiter=delimiter,
@@ -71,7 +77,7 @@ def command(
                                device=device, precision=precision, emit_json=emit_json, err_console=err_console)
         return
 
-    kwargs = dict(text_column=text_column, text_pair_column=text_pair_column, batch_size=batch_size,
+    kwargs = dict(text_column=text_column, text_pair_column=text_pair_column, batch_size=batch_size, max_length=max_length,
                   device=device, precision=precision, delimiter=delimiter, no_quoting=no_quoting,
                   no_header=no_header, encoding=encoding)
     if quiet:

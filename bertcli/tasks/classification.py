@@ -443,8 +443,8 @@ class SequenceClassificationTask(FinetuneTask):
         model = BertForSequenceClassification(self.config, self.num_labels)
         head = self.checkpoint.state.get("classifier.weight")
         keep = head is not None and head.shape[0] == self.num_labels and (self.regression or self.same_labels())
-        return self.load_start(model, keep_head=keep, head_prefixes=("classifier.", "pre_classifier."),
-                               allow_missing=("classifier.", "pre_classifier.", "bert.pooler."))
+        return self.load_start(model, keep_head=keep, head_prefixes=("classifier.", "pre_classifier.", "head."),
+                               allow_missing=("classifier.", "pre_classifier.", "bert.pooler.", "head."))
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
         import torch

@@ -21,6 +21,8 @@ YAML_SECTIONS = ("model", "data", "masking", "train")
 # what each family pretrains with by default (BERT: NSP, ALBERT: sentence order, the rest: MLM alone)
 DEFAULT_OBJECTIVES = {"bert": "mlm+nsp", "albert": "mlm+sop"}
 PAIR_FAMILIES = ("bert", "albert")  # the families with a sentence-pair head in *ForPreTraining
+# the share of tokens masked by default (ModernBERT's recipe masks 30%; BERT's 15%)
+DEFAULT_MASK_PROBS = {"modernbert": 0.3}
 
 
 @dataclass
@@ -53,7 +55,7 @@ class DataOptions:
 
 @dataclass
 class MaskingOptions:
-    mask_prob: float = 0.15
+    mask_prob: float | None = None  # None = the family's (DEFAULT_MASK_PROBS, else 0.15)
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
     whole_word: bool = False
@@ -62,7 +64,7 @@ class MaskingOptions:
         from bertcli.masking import check_probabilities
 
         check_options(self)
-        check_probabilities(self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
+        check_probabilities(0.15 if self.mask_prob is None else self.mask_prob, self.mask_replace_prob, self.random_replace_prob)
 
 
 @dataclass
@@ -123,6 +125,8 @@ class PretrainingTask(Task):
 
         if data.objective is None:
             data = dataclasses.replace(data, objective=DEFAULT_OBJECTIVES.get(model_config.family, "mlm"))
+        if masking.mask_prob is None:
+            masking = dataclasses.replace(masking, mask_prob=DEFAULT_MASK_PROBS.get(model_config.family, 0.15))
         if data.objective in PAIR_OBJECTIVES and model_config.family not in PAIR_FAMILIES:
             raise ConfigError(
                 f"--objective {data.objective} needs a sentence-pair head, which {model_config.family} has not "
@@ -331,7 +335,7 @@ def build_pretraining(corpus: list[str], out: str, *, tokenizer: str | None = No
                            init_source=init_from, log=log)
     task.run_config = {
         "corpus": [str(c) for c in corpus], "tokenizer": tokenizer, "init_from": init_from,
-        "model": model_cfg.to_dict(), "data": dataclasses.asdict(data), "masking": dataclasses.asdict(masking),
+        "model": model_cfg.to_dict(), "data": dataclasses.asdict(data), "masking": dataclasses.asdict(task.masking),
         "corpus_summary": task.summary,
     }
     return task, args

@@ -371,7 +371,7 @@ class QuestionAnsweringTask(FinetuneTask):
         from bertcli.heads import BertForQuestionAnswering
 
         model = BertForQuestionAnswering(self.config)
-        load_into(model, self.checkpoint.state, str(self.checkpoint.path), allow_missing=("qa.",))
+        load_into(model, self.checkpoint.state, str(self.checkpoint.path), allow_missing=("qa.", "head."))
         return model
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:

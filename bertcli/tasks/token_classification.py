@@ -306,7 +306,9 @@ class TokenClassificationTask(FinetuneTask):
                 and self.checkpoint.bertcli.get("task", "token-classification") == "token-classification"
                 and "pooler" not in self.checkpoint.heads and self.same_labels())
         # else a new head (another task's head, or other tags)
-        return self.load_start(model, keep_head=same, allow_missing=("classifier.",))
+        # ModernBERT's head (head.*) goes with its classifier
+        return self.load_start(model, keep_head=same, head_prefixes=("classifier.", "head."),
+                               allow_missing=("classifier.", "head."))
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
         split = self.train_split
