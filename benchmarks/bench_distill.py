@@ -170,6 +170,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-classifier", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="keep embedding students finished by an earlier run")
+    ap.add_argument("--reused-cpu-s", type=float, default=None, help="the CPU seconds of that earlier run")
     ap.add_argument("--report", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -193,15 +195,23 @@ def main() -> None:
     for layers in args.layers:
         tag = layers.replace(",", "")
         student, distilled = str(w / f"l3-{tag}"), str(w / f"l3-{tag}-distilled")
-        bertcli(["init", "--from", teacher, "--layers", layers, "--out", student, "--force"], log,
-                f"init --from --layers {layers}")
+        finetune = ["finetune", "--model", student, "--teacher", teacher, "--task", "sentence-embedding",
+                    "--train", str(w / "sentences.txt"), "--teacher-cache", str(w / "teacher-embeddings.safetensors"),
+                    "--epochs", str(args.embed_epochs), "--lr", str(args.embed_lr), "--batch-size", "32",
+                    "--max-length", "128", "--precision", "fp32", "--out", distilled, "--quiet", "--json"]
+        done = _finished(Path(distilled)) if args.reuse else None
+        if done is None:
+            bertcli(["init", "--from", teacher, "--layers", layers, "--out", student, "--force"], log,
+                    f"init --from --layers {layers}")
         row = {"layers": layers, "spearman_cut": sts_spearman(student, w / f"sts-cut-{tag}.csv", log,
                                                               f"similarity cut {layers}")}
-        summ = bertcli(["finetune", "--model", student, "--teacher", teacher, "--task", "sentence-embedding",
-                        "--train", str(w / "sentences.txt"), "--teacher-cache", str(w / "teacher-embeddings.safetensors"),
-                        "--epochs", str(args.embed_epochs), "--lr", str(args.embed_lr), "--batch-size", "32",
-                        "--max-length", "128", "--precision", "fp32", "--out", distilled, "--quiet", "--json"],
-                       log, f"finetune --task sentence-embedding --teacher ({layers})")
+        if done is None:
+            summ = bertcli(finetune, log, f"finetune --task sentence-embedding --teacher ({layers})")
+        else:  # --reuse: the same command finished in an earlier (interrupted) run of this script
+            summ = done
+            log.append({"what": f"finetune --task sentence-embedding --teacher ({layers}), earlier run",
+                        "command": "bertcli " + " ".join(finetune), "cpu_s": args.reused_cpu_s,
+                        "wall_s": round(done["time_s"], 1)})
         row["final_loss"] = summ.get("final_loss")
         row["spearman_distilled"] = sts_spearman(distilled, w / f"sts-distilled-{tag}.csv", log,
                                                  f"similarity distilled {layers}")
@@ -249,6 +259,18 @@ def main() -> None:
     print(text)
     if args.report:
         Path(args.report).write_text(text)
+
+
+def _finished(run: Path) -> dict | None:
+    """The summary of a completed run directory, else None."""
+    metrics = run / "metrics.jsonl"
+    if not (run / "config.json").is_file() or not metrics.is_file():
+        return None
+    for line in reversed(metrics.read_text().splitlines()):
+        rec = json.loads(line)
+        if "summary" in rec and rec["summary"]["status"] == "completed":
+            return rec["summary"]
+    return None
 
 
 def report(res: dict) -> str:

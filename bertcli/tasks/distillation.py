@@ -9,6 +9,8 @@ Not a task of its own (no ``build_task``): :func:`build_finetune_task` wraps the
   ``--temperature`` (``bertcli.distill.kd_loss``; per token, at the words' first wordpieces, for
   token classification) or the MSE to the teacher's scores (regression). ``--unlabelled FILE``
   adds rows (same text columns, no label column) that learn from the teacher term alone.
+* pretraining (``pretrain --teacher``) -- :class:`PretrainDistillTask` wraps the pretraining task with
+  DistilBERT's loss; :func:`build_distill_pretraining` cuts the student out of the teacher.
 * sentence embeddings -- :class:`EmbeddingDistillTask`: the student learns the teacher's sentence
   embeddings with MSE (sentence-transformers' model distillation) from a text file (one sentence a
   line, or ``--text-column`` of a table); no labels. ``--dev`` / ``--test`` are scored as for
@@ -22,6 +24,8 @@ memory (float32 arrays) and gathered into the batches, so no epoch pays for a te
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +409,155 @@ class EmbeddingDistillTask(SentenceEmbeddingTask):
         payload = super().checkpoint_payload(model)
         payload["bertcli"] = {**payload["bertcli"], **_teacher_block(self.opts)}
         return payload
+
+
+# ============================================================ pretraining: DistilBERT's triple loss
+@dataclass
+class PretrainDistillOptions:
+    """``pretrain --teacher``: DistilBERT's loss weights (its defaults: 5, 2, 1 at temperature 2)."""
+
+    teacher: str
+    student_layers: str | None = None  # None: every other teacher layer (unless the student has a shape of its own)
+    temperature: float = 2.0
+    alpha_ce: float = 5.0     # the KL to the teacher's MLM distribution at the masked positions
+    alpha_mlm: float = 2.0    # the student's own MLM loss
+    alpha_cos: float = 1.0    # 1 - cos between the last hidden states, every real token
+
+    def __post_init__(self) -> None:
+        from bertcli.config import check_options
+        from bertcli.distill import check_temperature
+
+        check_options(self)
+        check_temperature(self.temperature)
+        for name in ("alpha_ce", "alpha_mlm", "alpha_cos"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
+        if self.alpha_ce + self.alpha_mlm + self.alpha_cos == 0:
+            raise ConfigError("--alpha-ce, --alpha-mlm and --alpha-cos are all 0: nothing to train on")
+
+
+def build_distill_pretraining(corpus: list[str], out: str, distill: PretrainDistillOptions, *,
+                              tokenizer: str | None = None, preset: str | None = None, arch: str | None = None,
+                              config=None, init_from: str | None = None, log=None, **overrides):
+    """(task, TrainArgs) for ``pretrain --teacher``: the student is cut out of the teacher (``--student-layers``,
+    every other layer by default) unless ``--init-from`` / ``--preset`` / ``--arch`` / a ``model:`` section
+    gives it a shape of its own; either way its vocabulary must be the teacher's."""
+    from bertcli.checkpoint import load_checkpoint
+    from bertcli.distill import cut_state, parse_layers
+    from bertcli.tasks.pretraining import PretrainConfig, build_pretraining
+
+    config = config or PretrainConfig()
+    try:
+        teacher = load_checkpoint(distill.teacher)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--teacher: {exc}") from None
+    own_shape = bool(preset or arch or config.model or init_from)
+    if own_shape and distill.student_layers is not None:
+        raise ConfigError("--student-layers cuts the student out of the teacher; drop --init-from / --preset / "
+                          "--arch / the model: section, or drop --student-layers")
+    if own_shape:
+        task, args = build_pretraining(corpus, out, tokenizer=tokenizer or (None if init_from else distill.teacher),
+                                       preset=preset, arch=arch, config=config, init_from=init_from, log=log,
+                                       **overrides)
+    else:
+        if tokenizer is not None:
+            raise ConfigError("a student cut out of the teacher reads the teacher's tokenizer; drop --tokenizer")
+        layers = parse_layers(distill.student_layers, teacher.config.num_layers, "--student-layers")
+        state, student_config = cut_state(teacher.state, teacher.config, layers, distill.teacher)
+        task, args = build_pretraining(corpus, out, init_from=distill.teacher, config=config, log=log, **overrides)
+        task.config, task.init_state = student_config, state
+        task.init_source = f"--teacher {distill.teacher} (layers {','.join(map(str, layers))})"
+        task.run_config["model"] = student_config.to_dict()
+        task.run_config["student_layers"] = list(layers)
+    return PretrainDistillTask(task, teacher, distill), args
+
+
+class PretrainDistillTask(Task):
+    """The pretraining task with DistilBERT's loss:
+    ``alpha_ce * T^2 KL(teacher || student) + alpha_mlm * MLM + alpha_cos * (1 - cos)`` (+ NSP / SOP when the
+    objective has it). The teacher sees the same masked inputs as the student."""
+
+    name = "pretraining"
+
+    def __init__(self, inner, teacher, opts: PretrainDistillOptions):
+        from bertcli.checkpoint import load_into, load_tokenizer
+        from bertcli.distill import check_same_vocab
+        from bertcli.heads import BertForPreTraining
+        from bertcli.tokenizer import check_max_length
+
+        self.inner, self.opts = inner, opts
+        src = f"--teacher {opts.teacher}"
+        check_same_vocab(inner.tok, load_tokenizer(teacher.path, teacher.config.vocab_size), "the student",
+                         str(opts.teacher))
+        if teacher.config.vocab_size != inner.config.vocab_size:
+            raise ConfigError(f"{src}: has {teacher.config.vocab_size} embedding rows, the student "
+                              f"{inner.config.vocab_size}; the MLM distributions must cover the same tokens")
+        check_max_length(inner.data.max_seq_length, teacher.config.max_length, f"--max-seq-length (for {src})")
+        if opts.alpha_ce > 0 and "mlm" not in teacher.heads:
+            raise CheckpointError(f"{src}: has no MLM head (a {teacher.hf_config.get('architectures', ['?'])[0]}); "
+                                  f"--alpha-ce needs the teacher's token predictions: use an MLM checkpoint, or "
+                                  f"--alpha-ce 0 to distil the hidden states only")
+        if opts.alpha_cos > 0 and teacher.config.hidden_size != inner.config.hidden_size:
+            raise ConfigError(f"{src}: hidden size {teacher.config.hidden_size}, the student's "
+                              f"{inner.config.hidden_size}; the cosine loss compares the two: use --alpha-cos 0 or a "
+                              f"student as wide as the teacher")
+        self.teacher = BertForPreTraining(teacher.config, nsp=False)
+        load_into(self.teacher, teacher.state, src, allow_missing=() if opts.alpha_ce > 0 else ("mlm.",))
+        self.teacher.eval().requires_grad_(False)
+        self.teacher_types = teacher.config.type_vocab_size >= 2
+        self.run_config = {**inner.run_config, "distillation": dataclasses.asdict(opts)}
+        self._hidden = None
+
+    def _capture(self, module, inputs, output) -> None:
+        self._hidden = output
+
+    def build_model(self):
+        model = self.inner.build_model()
+        model.bert.register_forward_hook(self._capture)  # the student's last hidden states, also under DDP
+        return model
+
+    def train_batches(self, epoch, generator, batch_size, rank, world_size):
+        return self.inner.train_batches(epoch, generator, batch_size, rank, world_size)
+
+    def compute_loss(self, model, batch, generator, device):
+        import torch
+
+        from bertcli.distill import cosine_loss, kd_loss
+
+        if self.teacher.bert.device != device:
+            self.teacher.to(device)
+        replay = torch.Generator(device=generator.device)
+        replay.set_state(generator.get_state())  # the masks the student's forward is about to draw
+        mlm_logits, _, targets, mlm_loss, nsp_loss = self.inner._forward(model, batch, generator, device)
+        hidden, self._hidden = self._hidden, None
+        inputs, labels = self.inner._mask(batch["input_ids"], replay)
+        positions = (labels != -100).to(device)
+        att = batch["attention_mask"].to(device)
+        with torch.no_grad():
+            types = batch["token_type_ids"].to(device) if self.teacher_types else None
+            t_hidden = self.teacher.bert(inputs.to(device), att, types)  # (B, T, H)
+            loss = self.opts.alpha_mlm * mlm_loss
+            if self.opts.alpha_ce > 0:
+                t_logits = self.teacher.mlm(t_hidden[positions], self.teacher.bert.embeddings.word.weight)  # (M, V)
+        if self.opts.alpha_ce > 0:
+            loss = loss + self.opts.alpha_ce * kd_loss(mlm_logits, t_logits, self.opts.temperature)
+        if self.opts.alpha_cos > 0:
+            loss = loss + self.opts.alpha_cos * cosine_loss(hidden, t_hidden, att)
+        if nsp_loss is not None:
+            loss = loss + nsp_loss
+        return loss, {"tokens": int(batch["attention_mask"].sum()), "masked": int(targets.numel())}
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        out = self.inner.evaluate(model, device)
+        self._hidden = None
+        return out
+
+    def checkpoint_payload(self, model) -> dict:
+        payload = self.inner.checkpoint_payload(model)
+        payload["bertcli"] = {**payload["bertcli"], "teacher": str(self.opts.teacher)}
+        return payload
+
+    def __getattr__(self, name: str) -> Any:  # summary, data, config, tok, ...
+        if name in ("inner", "opts"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
