@@ -169,7 +169,9 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip-classifier", action="store_true")
+    ap.add_argument("--parts", nargs="+", choices=("embeddings", "classifier"), default=["embeddings", "classifier"])
+    ap.add_argument("--classifier-student", default=None,
+                    help="the student part B starts from (default: the first distilled embedding student)")
     ap.add_argument("--reuse", action="store_true", help="keep embedding students finished by an earlier run")
     ap.add_argument("--reused-cpu-s", type=float, default=None, help="the CPU seconds of that earlier run")
     ap.add_argument("--report", default=None)
@@ -185,11 +187,36 @@ def main() -> None:
     rows = sst2_rows()
     dev, train = rows[:2000], rows[2000:2000 + args.train_rows]
     unl = rows[2000 + args.train_rows: 2000 + args.train_rows + args.unlabelled_rows]
-    sents = training_sentences(args.sentences, {r[0] for r in dev})
-    (w / "sentences.txt").write_text("\n".join(sents) + "\n", encoding="utf-8")
-    res["training_sentences"] = len(sents)
+    if "embeddings" in args.parts:
+        sents = training_sentences(args.sentences, {r[0] for r in dev})
+        (w / "sentences.txt").write_text("\n".join(sents) + "\n", encoding="utf-8")
+        res["training_sentences"] = len(sents)
 
-    # ---- part A (one student per --layers choice; part B uses the first)
+    if "embeddings" in args.parts:
+        part_a(args, teacher, w, res, log)
+    if "classifier" in args.parts:
+        part_b(args, teacher, w, res, log, train, dev, unl)
+    part = "a" if args.parts == ["embeddings"] else "b" if args.parts == ["classifier"] else "ab"
+    res[f"log_{part}"] = log
+    res[f"load_avg_{part}"] = [res.pop("load_avg_start"), os.getloadavg()]
+    if args.json:  # the parts may run as two processes: merge with what the other wrote
+        path = Path(args.json)
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        if "students" in old and "students" in res:
+            res["students"] = [st for st in old["students"] if st["layers"] not in args.layers] + res["students"]
+        if "throughput" in old and "throughput" not in res:
+            res["throughput"], res["throughput_student"] = old["throughput"], old.get("throughput_student")
+        old.update(res)
+        res = old
+        path.write_text(json.dumps(res, indent=1) + "\n")
+    text = report(res)
+    print(text)
+    if args.report:
+        Path(args.report).write_text(text)
+
+
+def part_a(args, teacher: str, w: Path, res: dict, log: list[dict]) -> None:
+    """One student per --layers choice: cut, distil on the teacher's embeddings, score; throughput of the first."""
     res["spearman_teacher"] = sts_spearman(teacher, w / "sts-teacher.csv", log, "similarity teacher")
     res["students"] = []
     for layers in args.layers:
@@ -220,14 +247,22 @@ def main() -> None:
         res["students"].append(row)
         print(json.dumps(row), flush=True)
     distilled = res["students"][0]["model"]
+    if args.repeats == 0:
+        return
+    res["throughput_student"] = res["students"][0]["layers"]
     c0 = time.process_time()
     res["throughput"] = throughput(teacher, distilled, args.repeats)
     log.append({"what": "embed throughput (in-process)", "command": "bertcli.embed.embed", "cpu_s":
                 round(time.process_time() - c0, 1), "wall_s": None})
     print(f"throughput ratio {res['throughput']['ratio']:.2f}", flush=True)
 
-    # ---- part B
-    if not args.skip_classifier:
+
+
+def part_b(args, teacher: str, w: Path, res: dict, log: list[dict], train, dev, unl) -> None:
+    """SST-2: the teacher, then the student on labels alone / with --teacher / with --teacher --unlabelled."""
+    distilled = args.classifier_student or str(w / f"l3-{args.layers[0].replace(',', '')}-distilled")
+    res["classifier_student"] = distilled
+    if True:
         write_tsv(w / "sst2_train.tsv", ["sentence", "label"], train)
         write_tsv(w / "sst2_dev.tsv", ["sentence", "label"], dev)
         write_tsv(w / "sst2_unlabelled.tsv", ["sentence"], [[r[0]] for r in unl])
@@ -250,15 +285,6 @@ def main() -> None:
                          str(w / "sst2-kd-unl"), *kd, "--unlabelled", str(w / "sst2_unlabelled.tsv"), *common],
                         log, "finetune student --teacher --unlabelled")
             res["sst2_student_kd_unlabelled"] = r["best_value"]
-    res["log"] = log
-    res["load_avg_end"] = os.getloadavg()
-    res["cpu_s_total"] = round(sum(e["cpu_s"] or 0 for e in log), 1)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
-    text = report(res)
-    print(text)
-    if args.report:
-        Path(args.report).write_text(text)
 
 
 def _finished(run: Path) -> dict | None:
@@ -275,16 +301,32 @@ def _finished(run: Path) -> dict | None:
 
 def report(res: dict) -> str:
     a = res["args"]
-    t = res["throughput"]
-    loaded = max(res["load_avg_start"][0], res["load_avg_end"][0]) > 2.5
-    tag = "*loaded*" if loaded else "*idle*"
+    logs = [e for k in ("log_ab", "log_a", "log_b") for e in res.get(k, [])]
+    loads = [x[0] for k in ("load_avg_ab", "load_avg_a", "load_avg_b") for pair in res.get(k, []) for x in [pair]]
+    tag = "*loaded*" if max(loads, default=0) > 2.5 else "*idle*"
+    cpu = sum(e["cpu_s"] or 0 for e in logs)
     lines = [
         "# Distillation: a 3-layer student of all-MiniLM-L6-v2",
         "",
-        f"Script: `benchmarks/bench_distill.py` ({tag}: load average {res['load_avg_start'][0]:.1f} at the start, "
-        f"{res['load_avg_end'][0]:.1f} at the end, on the shared 2-core machine; every command `nice`d, one thread). "
-        f"Total {res['cpu_s_total'] / 60:.1f} CPU-minutes.",
+        f"Script: `benchmarks/bench_distill.py` ({tag}: 1-minute load average between {min(loads, default=0):.1f} "
+        f"and {max(loads, default=0):.1f} at the starts and ends of the parts, on the shared 2-core machine; every "
+        f"command `nice`d, one thread). Total {cpu / 60:.1f} CPU-minutes.",
         "",
+    ]
+    if "students" in res:
+        lines += report_a(res, a)
+    if "sst2_teacher" in res:
+        lines += report_b(res, a)
+    lines += ["## Commands", "", "| step | CPU s | wall s | command |", "|---|---|---|---|"]
+    for e in logs:
+        lines.append(f"| {e['what']} | {e['cpu_s']} | {e['wall_s'] if e['wall_s'] is not None else '-'} | "
+                     f"`{e['command']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def report_a(res: dict, a: dict) -> list[str]:
+    t = res.get("throughput")
+    lines = [
         "## Embeddings (STS-B dev Spearman, `bertcli similarity --pairs`, fp32)",
         "",
         "Students: `bertcli init --from all-MiniLM-L6-v2 --layers L`, then "
@@ -305,7 +347,11 @@ def report(res: dict) -> str:
         ]
     lines += [
         "",
-        f"Throughput of the student with layers {res['students'][0]['layers']} (`bertcli.embed.embed`, {t['sentences']:,} STS-B dev sentences, fp32, 1 thread, teacher and "
+    ]
+    if t is None:
+        return lines
+    lines += [
+        f"Throughput of the student with layers {res['throughput_student']} (`bertcli.embed.embed`, {t['sentences']:,} STS-B dev sentences, fp32, 1 thread, teacher and "
         f"student alternating, {len(t['cpu_s']['teacher'])} repetitions, median CPU seconds): teacher "
         f"{t['teacher_per_cpu_s']:.0f} sentences per CPU-second, student {t['student_per_cpu_s']:.0f}: "
         f"**{t['ratio']:.2f}x** (target >= 1.8x). CPU seconds per repetition: teacher "
@@ -313,15 +359,20 @@ def report(res: dict) -> str:
         f"{', '.join(f'{x:.2f}' for x in t['cpu_s']['student'])}.",
         "",
     ]
-    if "sst2_teacher" in res:
+    return lines
+
+
+def report_b(res: dict, a: dict) -> list[str]:
+    lines = []
+    if True:
         lines += [
             "## SST-2 classifier distilled into the student",
             "",
             f"Data: `sst2/train.tsv` shuffled (`random.Random(0)`): 2,000 dev rows, the next {a['train_rows']:,} "
             f"training rows, the next {a['unlabelled_rows']:,} rows as unlabelled text. {a['epochs']} epoch(s), "
             f"batch 32, max length 64, fp32, seed 0; teacher lr {a['teacher_lr']}, students lr {a['student_lr']}; "
-            f"`--alpha {a['alpha']} --temperature {a['temperature']}`. The students start from the distilled "
-            f"student with layers {res['students'][0]['layers']}. Dev accuracy of the best epoch.",
+            f"`--alpha {a['alpha']} --temperature {a['temperature']}`. Every student starts from "
+            f"`{Path(res['classifier_student']).name}`. Dev accuracy of the best epoch.",
             "",
             "| model | dev accuracy |",
             "|---|---|",
@@ -333,11 +384,7 @@ def report(res: dict) -> str:
             lines.append(f"| student, `--teacher --unlabelled` (+{a['unlabelled_rows']:,} rows) | "
                          f"{res['sst2_student_kd_unlabelled']:.4f} |")
         lines.append("")
-    lines += ["## Commands", "", "| step | CPU s | wall s | command |", "|---|---|---|---|"]
-    for e in res["log"]:
-        lines.append(f"| {e['what']} | {e['cpu_s']} | {e['wall_s'] if e['wall_s'] is not None else '-'} | "
-                     f"`{e['command']}` |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
