@@ -51,7 +51,8 @@ def command(
         raise ConfigError(f"{out}: already exists; choose another --out or pass --force to replace it")
     if from_dir is not None:
         if tokenizer is not None or config is not None:
-            raise ConfigError("--from copies the teacher's shape and tokenizer; drop --tokenizer / --config")
+            raise typer.BadParameter("--from copies the teacher's shape and tokenizer; drop --tokenizer / --config",
+                                     param_hint="--from")
         from bertcli.distill import cut_student
 
         info = cut_student(from_dir, out, layers)
@@ -59,9 +60,10 @@ def command(
                           f"{info['parameters']:,} parameters ({info['teacher_parameters']:,} in {from_dir})")
         return
     if layers is not None:
-        raise ConfigError("--layers picks the layers of a teacher: give --from DIR")
+        raise typer.BadParameter("--layers picks the layers of a teacher: give --from DIR", param_hint="--layers")
     if tokenizer is None:
-        raise ConfigError("--tokenizer DIR is required (a train-vocab output or a checkpoint), or --from DIR")
+        raise typer.BadParameter("--tokenizer DIR is required (a train-vocab output or a checkpoint), or --from DIR",
+                                 param_hint="--tokenizer")
     tok = Tokenizer.load(tokenizer)
     if config is not None:
         data = load_yaml(config)
