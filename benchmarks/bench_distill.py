@@ -193,8 +193,10 @@ def main() -> None:
         res["training_sentences"] = len(sents)
 
     if "embeddings" in args.parts:
+        res["args_a"] = vars(args)
         part_a(args, teacher, w, res, log)
     if "classifier" in args.parts:
+        res["args_b"] = vars(args)
         part_b(args, teacher, w, res, log, train, dev, unl)
     part = "a" if args.parts == ["embeddings"] else "b" if args.parts == ["classifier"] else "ab"
     res[f"log_{part}"] = log
@@ -227,7 +229,7 @@ def part_a(args, teacher: str, w: Path, res: dict, log: list[dict]) -> None:
                     "--epochs", str(args.embed_epochs), "--lr", str(args.embed_lr), "--batch-size", "32",
                     "--max-length", "128", "--precision", "fp32", "--out", distilled, "--quiet", "--json"]
         done = _finished(Path(distilled)) if args.reuse else None
-        if done is None:
+        if done is None and not _cut(Path(student), layers):
             bertcli(["init", "--from", teacher, "--layers", layers, "--out", student, "--force"], log,
                     f"init --from --layers {layers}")
         row = {"layers": layers, "spearman_cut": sts_spearman(student, w / f"sts-cut-{tag}.csv", log,
@@ -287,6 +289,14 @@ def part_b(args, teacher: str, w: Path, res: dict, log: list[dict], train, dev, 
             res["sst2_student_kd_unlabelled"] = r["best_value"]
 
 
+def _cut(student: Path, layers: str) -> bool:
+    """``student`` is already ``init --from --layers LAYERS`` (deterministic: kept, not rewritten)."""
+    cfg = student / "config.json"
+    if not cfg.is_file():
+        return False
+    return json.loads(cfg.read_text()).get("bertcli", {}).get("student_layers") == [int(x) for x in layers.split(",")]
+
+
 def _finished(run: Path) -> dict | None:
     """The summary of a completed run directory, else None."""
     metrics = run / "metrics.jsonl"
@@ -314,9 +324,9 @@ def report(res: dict) -> str:
         "",
     ]
     if "students" in res:
-        lines += report_a(res, a)
+        lines += report_a(res, res.get("args_a", a))
     if "sst2_teacher" in res:
-        lines += report_b(res, a)
+        lines += report_b(res, res.get("args_b", a))
     lines += ["## Commands", "", "| step | CPU s | wall s | command |", "|---|---|---|---|"]
     for e in logs:
         lines.append(f"| {e['what']} | {e['cpu_s']} | {e['wall_s'] if e['wall_s'] is not None else '-'} | "
