@@ -333,6 +333,7 @@ def report(res: dict) -> str:
         f"command `nice`d, one thread). Total {cpu / 60:.1f} CPU-minutes.",
         "",
     ]
+    lines += [f"- {note}" for note in res.get("notes", [])] + ([""] if res.get("notes") else [])
     if "students" in res:
         lines += report_a(res, res.get("args_a", a))
     if "sst2_teacher" in res:
@@ -359,12 +360,11 @@ def report_a(res: dict, a: dict) -> list[str]:
         f"| all-MiniLM-L6-v2 (teacher) | 6 | {res['spearman_teacher']:.4f} | 100% |",
     ]
     for st in res["students"]:
-        lines += [
-            f"| cut student, no training | {st['layers']} | {st['spearman_cut']:.4f} | "
-            f"{st['spearman_cut'] / res['spearman_teacher']:.1%} |",
-            f"| distilled student | {st['layers']} | {st['spearman_distilled']:.4f} | **{st['kept']:.1%}** "
-            f"(target >= 95%) |",
-        ]
+        if not st.get("continued"):
+            lines.append(f"| cut student, no training | {st['layers']} | {st['spearman_cut']:.4f} | "
+                         f"{st['spearman_cut'] / res['spearman_teacher']:.1%} |")
+        lines.append(f"| {st.get('what', 'distilled student')} | {st['layers']} | {st['spearman_distilled']:.4f} | "
+                     f"**{st['kept']:.1%}** (target >= 95%) |")
     lines += [
         "",
     ]
