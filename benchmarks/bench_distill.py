@@ -22,7 +22,10 @@ is then fine-tuned on the same rows (a) on the labels alone, (b) with ``--teache
 Every command runs as a subprocess (``nice``, ``OMP_NUM_THREADS=1``); the CPU seconds of each are
 recorded (``RUSAGE_CHILDREN``). Writes ``--report`` (markdown) and ``--json``.
 
-    python benchmarks/bench_distill.py --work /tmp/bench_distill --report benchmarks/results/distill.md
+    python benchmarks/bench_distill.py --work /tmp/bench_distill --json d.json --report benchmarks/results/distill.md
+
+The parts can run as separate processes (``--parts embeddings`` / ``--parts classifier``, ``--layers``) that merge
+their results into the same ``--json``; ``--report-only`` rewrites the report from it.
 """
 
 from __future__ import annotations
@@ -157,15 +160,15 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/bench_distill")
-    ap.add_argument("--layers", nargs="+", default=["0,2,4", "1,3,5"], help="one student per list")
-    ap.add_argument("--sentences", type=int, default=40000)
+    ap.add_argument("--layers", nargs="+", default=["0,2,5", "0,2,4"], help="one student per list")
+    ap.add_argument("--sentences", type=int, default=8000)
     ap.add_argument("--embed-epochs", type=int, default=1)
-    ap.add_argument("--embed-lr", type=float, default=1e-4)
-    ap.add_argument("--train-rows", type=int, default=8000)
-    ap.add_argument("--unlabelled-rows", type=int, default=8000)
+    ap.add_argument("--embed-lr", type=float, default=2e-4)
+    ap.add_argument("--train-rows", type=int, default=3000)
+    ap.add_argument("--unlabelled-rows", type=int, default=3000)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--teacher-lr", type=float, default=2e-5)
-    ap.add_argument("--student-lr", type=float, default=5e-5)
+    ap.add_argument("--teacher-lr", type=float, default=1e-4)
+    ap.add_argument("--student-lr", type=float, default=1e-4)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=3)
