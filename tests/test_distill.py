@@ -465,3 +465,35 @@ def test_pretrain_teacher_errors(cli, minilm_dir, tmp_path):
         PretrainDistillOptions(teacher="t", alpha_ce=0, alpha_mlm=0, alpha_cos=0)
     with pytest.raises(ConfigError, match="--alpha-cos must be zero or positive"):
         PretrainDistillOptions(teacher="t", alpha_cos=-1)
+
+
+def test_pretrain_loss_is_distilberts_sum(minilm_dir, tmp_path):
+    """alpha_ce * T^2 KL + alpha_mlm * MLM + alpha_cos * (1 - cos), the teacher on the student's masked inputs."""
+    import torch
+    import torch.nn.functional as F
+
+    from bertcli.distill import cosine_loss, kd_loss
+    from bertcli.tasks.distillation import PretrainDistillOptions, build_distill_pretraining
+    from bertcli.train import make_generator
+
+    teacher = make_tiny_model(tmp_path / "teacher", minilm_dir, num_layers=2, seed=4, max_positions=64)
+    opts = PretrainDistillOptions(teacher=str(teacher), student_layers="1", temperature=3.0, alpha_ce=0.5,
+                                  alpha_mlm=2.0, alpha_cos=7.0)
+    task, _ = build_distill_pretraining([str(ROOT / "examples" / "corpus")], str(tmp_path / "out"), opts,
+                                        data_overrides={"objective": "mlm", "max_seq_length": 32})
+    model = task.build_model().eval()
+    (batch, *_) = task.train_batches(0, make_generator(0), 4, 0, 1)
+    cpu = torch.device("cpu")
+    loss, logs = task.compute_loss(model, batch, make_generator("masks"), cpu)
+    inputs, labels = task.inner._mask(batch["input_ids"], make_generator("masks"))  # the same masks
+    pos = labels != -100
+    att = batch["attention_mask"]
+    with torch.no_grad():
+        s_h = model.bert(inputs, att, batch["token_type_ids"])
+        t_h = task.teacher.bert(inputs, att, batch["token_type_ids"])
+        s_logits = model.mlm(s_h[pos], model.bert.embeddings.word.weight)
+        t_logits = task.teacher.mlm(t_h[pos], task.teacher.bert.embeddings.word.weight)
+    want = (0.5 * kd_loss(s_logits, t_logits, 3.0) + 2.0 * F.cross_entropy(s_logits, labels[pos])
+            + 7.0 * cosine_loss(s_h, t_h, att))
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
+    assert logs["masked"] == int(pos.sum()) > 0
