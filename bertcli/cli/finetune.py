@@ -25,6 +25,10 @@ EPILOG = """[bold]Examples[/]
 
   bertcli finetune --model runs/pretrained --task question-answering --train examples/data/qa_train.json --dev examples/data/qa_dev.json --max-length 384 --doc-stride 128 --lr 5e-5 --out runs/qa  [dim](SQuAD JSON; then bertcli predict --model runs/qa questions.json / bertcli answer)[/]
 
+  bertcli finetune --model runs/student --teacher runs/sst2-teacher --alpha 0.5 --temperature 2 --unlabelled more.tsv --train sst2.tsv --text-column sentence --label-column label --out runs/distilled  [dim](distillation: KL to the teacher + labels)[/]
+
+  bertcli finetune --model runs/minilm-l3 --teacher all-MiniLM-L6-v2 --task sentence-embedding --train sentences.txt --out runs/minilm-l3-distilled  [dim](learn the teacher's embeddings, MSE; no labels)[/]
+
   bertcli finetune --config finetune.yaml --epochs 5     [dim](YAML keys are the option names; the command line wins)[/]
 
   bertcli finetune --config finetune.yaml --resume auto  [dim](continue an interrupted run)[/]
@@ -85,6 +89,12 @@ def command(
     report_to: Annotated[str | None, typer.Option("--report-to", help="none (default) or tensorboard: also write metrics.jsonl's scalars as TensorBoard event files in OUT/tensorboard.", show_default=False, rich_help_panel=_RUN)] = None,
     revision: Annotated[str | None, typer.Option("--revision", help="With a --model name from the Hugging Face cache: the branch, tag or commit (default: main).", show_default=False, rich_help_panel=_RUN)] = None,
     # ---- end of run control ----
+    # ---- distillation (bertcli.tasks.distillation)
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Distil from this fine-tuned checkpoint (same vocabulary): its logits (classification, regression, token-classification) or its sentence embeddings (sentence-embedding: --train is then a text file, no labels).", show_default=False, rich_help_panel="Distillation")] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha", help="Weight of the teacher's term (KL at --temperature; MSE for regression); 1 - alpha on the labels. (default: 0.5)", show_default=False, rich_help_panel="Distillation")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Softmax temperature of the KL term (scaled by T^2). (default: 2.0)", show_default=False, rich_help_panel="Distillation")] = None,
+    unlabelled: Annotated[str | None, typer.Option("--unlabelled", help="Table of extra rows (the same text columns, no labels) trained on the teacher's outputs only.", show_default=False, rich_help_panel="Distillation")] = None,
+    teacher_cache: Annotated[str | None, typer.Option("--teacher-cache", help="Sentence embeddings: keep the teacher's embeddings of --train in this .safetensors file (reused while the sentences and the teacher are the same).", show_default=False, rich_help_panel="Distillation")] = None,
     config: Annotated[str | None, typer.Option("--config", help="YAML file of options (keys: the option names).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
@@ -109,11 +119,15 @@ def command(
         "max_steps": max_steps, "eval_every": eval_every, "save_every": save_every, "log_every": log_every,
         "seeds": seeds,
         "restarts": restarts, "report_to": report_to, "revision": revision,
+        "teacher": teacher, "alpha": alpha, "temperature": temperature, "unlabelled": unlabelled,
+        "teacher_cache": teacher_cache,
         "quiet": True if quiet else None,
     }
     base = options_from_yaml(config) if config else FinetuneOptions()
     opts = merge_options(base, cli_values)
-    check_outputs({"--out": opts.out}, {"--model": opts.model, "--train": opts.train, "--dev": opts.dev, "--test": opts.test})
+    check_outputs({"--out": opts.out}, {"--model": opts.model, "--train": opts.train, "--dev": opts.dev, "--test": opts.test,
+                                        "--teacher": opts.teacher, "--unlabelled": opts.unlabelled})
+    check_outputs({"--teacher-cache": opts.teacher_cache}, {"--model": opts.model, "--teacher": opts.teacher, "--train": opts.train})
     summary = finetune(opts)
     if json_out:
         emit_json(summary)

@@ -29,6 +29,8 @@ EPILOG = """[bold]Examples[/]
 
   bertcli pretrain more-text/ --init-from runs/mini --max-steps 2000 --out runs/mini-more
 
+  bertcli pretrain corpus/ --teacher runs/bert-base --student-layers 0,2,4,6,8,10 --max-time 3600 --out runs/distil  [dim](DistilBERT)[/]
+
   torchrun --nproc-per-node 2 -m bertcli pretrain corpus/ --tokenizer runs/vocab --out runs/ddp
 
 Ctrl-C (SIGINT) or SIGTERM finishes the step, saves a checkpoint and exits 130 / 143;
@@ -38,6 +40,7 @@ a second Ctrl-C stops at once.
 _T = "Training"
 _D = "Data"
 _M = "Model"
+_K = "Distillation"
 
 
 @cli_command
@@ -83,6 +86,13 @@ def command(
     precision: PrecisionOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    # ---- distillation (bertcli.tasks.distillation)
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Distil this MLM checkpoint (any family, same vocabulary) into the student: DistilBERT's loss.", rich_help_panel=_K)] = None,
+    student_layers: Annotated[str | None, typer.Option("--student-layers", help="Teacher layers the student starts from, e.g. 0,2,4 (default: every other; --init-from / --preset / --config give a student of another shape).", rich_help_panel=_K)] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature of the soft-target loss (scaled by T^2).", rich_help_panel=_K)] = 2.0,
+    alpha_ce: Annotated[float, typer.Option("--alpha-ce", help="Weight of the soft-target loss (KL to the teacher's MLM distribution).", rich_help_panel=_K)] = 5.0,
+    alpha_mlm: Annotated[float, typer.Option("--alpha-mlm", help="Weight of the student's MLM loss.", rich_help_panel=_K)] = 2.0,
+    alpha_cos: Annotated[float, typer.Option("--alpha-cos", help="Weight of the cosine loss between the last hidden states.", rich_help_panel=_K)] = 1.0,
 ) -> None:
     """Pretrain a BERT-family encoder with masked-language modelling (and next-sentence or sentence-order prediction) on text files."""
     from bertcli.locks import run_lock
@@ -91,7 +101,8 @@ def command(
     from bertcli.train import fit
 
     cfg = PretrainConfig.from_yaml(config) if config else PretrainConfig()
-    check_outputs({"--out": out, "--cache-dir": cache_dir}, {"corpus": corpus, "--tokenizer": tokenizer, "--init-from": init_from})
+    check_outputs({"--out": out, "--cache-dir": cache_dir}, {"corpus": corpus, "--tokenizer": tokenizer, "--init-from": init_from,
+                                                            "--teacher": teacher})
     data = dict(objective=objective, max_seq_length=max_seq_length, short_seq_prob=short_seq_prob,
                 eval_fraction=eval_fraction, documents=documents, encoding=encoding,
                 encoding_errors=encoding_errors, cache_dir=cache_dir)
@@ -108,9 +119,22 @@ def command(
             err_console.print(msg, highlight=False)
 
     with run_lock(out):
-        task, args = build_pretraining(corpus, out, tokenizer=tokenizer, preset=preset, arch=arch, config=cfg,
-                                       init_from=init_from, data_overrides=data, masking_overrides=masking,
-                                       train_overrides=train, log=log)
+        if teacher is not None:
+            from bertcli.tasks.distillation import PretrainDistillOptions, build_distill_pretraining
+
+            distill = PretrainDistillOptions(teacher=teacher, student_layers=student_layers, temperature=temperature,
+                                             alpha_ce=alpha_ce, alpha_mlm=alpha_mlm, alpha_cos=alpha_cos)
+            task, args = build_distill_pretraining(corpus, out, distill, tokenizer=tokenizer, preset=preset, arch=arch,
+                                                   config=cfg, init_from=init_from, data_overrides=data,
+                                                   masking_overrides=masking, train_overrides=train, log=log)
+        else:
+            if student_layers is not None:
+                from bertcli.errors import ConfigError
+
+                raise ConfigError("--student-layers picks the teacher layers a student starts from: give --teacher DIR")
+            task, args = build_pretraining(corpus, out, tokenizer=tokenizer, preset=preset, arch=arch, config=cfg,
+                                           init_from=init_from, data_overrides=data, masking_overrides=masking,
+                                           train_overrides=train, log=log)
         s = task.summary
         log(f"corpus: {s['files']} file(s), {s['documents']:,} documents ({s['heldout_documents']:,} held out), "
             f"{s['tokens']:,} tokens; objective {task.data.objective}; model {task.config.num_layers} layers, "

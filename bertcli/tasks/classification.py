@@ -91,6 +91,12 @@ class FinetuneOptions:
     restarts: int | None = None     # N runs, seeds --seed .. --seed+N-1
     report_to: str = "none"         # none | tensorboard
     revision: str | None = None     # --model from the Hugging Face cache: a branch, tag or commit
+    # --teacher: distillation (bertcli.tasks.distillation)
+    teacher: str | None = None
+    alpha: float = 0.5           # weight of the teacher's term; 1 - alpha on the labels
+    temperature: float = 2.0
+    unlabelled: str | None = None
+    teacher_cache: str | None = None  # sentence-embedding: the teacher's embeddings, safetensors
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -98,9 +104,11 @@ class FinetuneOptions:
     def validate(self) -> None:
         """Required options present and every value in range (names the option)."""
         from bertcli.tasks import task_module
+        from bertcli.tasks.distillation import required_options, validate_distillation
 
         module = task_module(self.task)
-        for name in ("model", "train", "out", *module.REQUIRED[self.task]):
+        validate_distillation(self)
+        for name in ("model", "train", "out", *required_options(self, module.REQUIRED[self.task])):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} is required for --task {self.task} "
                                   "(on the command line or in --config)")
@@ -129,7 +137,7 @@ class FinetuneOptions:
 
         validate_run_options(self)
         check = getattr(module, "validate_options", None)
-        if check is not None:
+        if check is not None and not (self.teacher and self.task == "sentence-embedding"):
             check(self)
 
     @property
@@ -447,33 +455,38 @@ class SequenceClassificationTask(FinetuneTask):
                                allow_missing=("classifier.", "pre_classifier.", "bert.pooler.", "head."))
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
+        split = self.train_split
+        return [self.collate(idx) for idx in self.batch_order(split.lengths, batch_size, generator, rank, world_size)]
+
+    def collate(self, idx: np.ndarray) -> dict:
+        """The training batch of the train split's examples ``idx``."""
         import torch
 
         split = self.train_split
-        groups = self.batch_order(split.lengths, batch_size, generator, rank, world_size)
-        out = []
-        for idx in groups:
-            x, m, t = pad([split.ids[i] for i in idx], [split.type_ids[i] for i in idx], self.tokenizer.pad_id)
-            out.append({"input_ids": x, "attention_mask": m, "token_type_ids": t,
-                        "labels": torch.from_numpy(split.labels[idx])})
-        return out
+        x, m, t = pad([split.ids[i] for i in idx], [split.type_ids[i] for i in idx], self.tokenizer.pad_id)
+        return {"input_ids": x, "attention_mask": m, "token_type_ids": t, "labels": torch.from_numpy(split.labels[idx])}
 
-    def compute_loss(self, model, batch, generator, device):
+    def forward(self, model, batch, device):
+        """(float logits (B, num_labels), the batch on ``device``)."""
+        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float(), b
+
+    def label_loss(self, logits, labels, device):
+        """Cross-entropy (with the class weights) or MSE of ``logits`` against ``labels``."""
         import torch.nn.functional as F
 
-        tokens = int(batch["attention_mask"].sum())
-        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float()
         if self.regression:
-            loss = F.mse_loss(logits.squeeze(-1), b["labels"].float())
-        else:
-            weight = None
-            if self.class_weight is not None:
-                import torch
+            return F.mse_loss(logits.squeeze(-1), labels.float())
+        weight = None
+        if self.class_weight is not None:
+            import torch
 
-                weight = torch.from_numpy(self.class_weight).to(device)
-            loss = F.cross_entropy(logits, b["labels"], weight=weight)
-        return loss, {"tokens": tokens}
+            weight = torch.from_numpy(self.class_weight).to(device)
+        return F.cross_entropy(logits, labels, weight=weight)
+
+    def compute_loss(self, model, batch, generator, device):
+        logits, b = self.forward(model, batch, device)
+        return self.label_loss(logits, b["labels"], device), {"tokens": int(batch["attention_mask"].sum())}
 
     def evaluate(self, model, device) -> dict[str, float]:
         if self.dev_split is None:
@@ -563,10 +576,10 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
 
 def _finetune(opts: FinetuneOptions) -> dict[str, Any]:
     from bertcli.device import resolve_device, resolve_precision
-    from bertcli.tasks import task_module
+    from bertcli.tasks.distillation import build_finetune_task
     from bertcli.train import fit
 
-    task = task_module(opts.task).build_task(opts)
+    task = build_finetune_task(opts)
     device = resolve_device(opts.device)
     task.precision = resolve_precision(opts.precision, device)
     summary = dict(fit(task, train_args(opts)) or {})

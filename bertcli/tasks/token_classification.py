@@ -312,25 +312,31 @@ class TokenClassificationTask(FinetuneTask):
 
     def train_batches(self, epoch: int, generator, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
         split = self.train_split
-        groups = self.batch_order(split.lengths, batch_size, generator, rank, world_size)
-        out = []
-        for idx in groups:
-            x, m, t, y = pad_windows([split.windows[i] for i in idx], self.tokenizer.pad_id,
-                                     [split.labels[i] for i in idx])
-            out.append({"input_ids": x, "attention_mask": m, "token_type_ids": t, "labels": y})
-        return out
+        return [self.collate(idx) for idx in self.batch_order(split.lengths, batch_size, generator, rank, world_size)]
 
-    def compute_loss(self, model, batch, generator, device):
+    def collate(self, idx) -> dict:
+        """The training batch of the train split's windows ``idx``."""
+        split = self.train_split
+        x, m, t, y = pad_windows([split.windows[i] for i in idx], self.tokenizer.pad_id, [split.labels[i] for i in idx])
+        return {"input_ids": x, "attention_mask": m, "token_type_ids": t, "labels": y}
+
+    def forward(self, model, batch, device):
+        """(float logits (B, T, K), the batch on ``device``)."""
+        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float(), b
+
+    def label_loss(self, logits, labels, device):
+        """Cross-entropy at the words' first wordpieces (the other positions carry IGNORE)."""
         import torch
         import torch.nn.functional as F
 
-        tokens = int(batch["attention_mask"].sum())
-        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float()  # (B, T, K)
         weight = torch.from_numpy(self.class_weight).to(device) if self.class_weight is not None else None
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"].reshape(-1), weight=weight,
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), weight=weight,
                                ignore_index=IGNORE)
-        return loss, {"tokens": tokens}
+
+    def compute_loss(self, model, batch, generator, device):
+        logits, b = self.forward(model, batch, device)
+        return self.label_loss(logits, b["labels"], device), {"tokens": int(batch["attention_mask"].sum())}
 
     def evaluate(self, model, device) -> dict[str, float]:
         if self.dev_split is None:
