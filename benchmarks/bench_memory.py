@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bertcli-bench-memory")
     ap.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / "memory.jsonl")
     ap.add_argument("--note", default="", help="e.g. (loaded)")
+    ap.add_argument("--extra", default="", help="more CLI options for every run, e.g. '--precision fp32'")
     ap.add_argument("--report", type=Path, help="render the JSON lines of a --log into memory.md and exit")
     args = ap.parse_args()
     if args.make_models:
@@ -124,8 +125,9 @@ def main() -> None:
             else:
                 cli = ["predict", "--model", classifier, str(table), "--output", str(args.work / "out.csv")]
             for label, repo in (item.split("=", 1) for item in args.repos.split(",")):
-                res = measure(str(Path(repo).resolve()), [*cli, "--device", "cpu", "--quiet"])
-                row = {"label": label, "model": args.model, "command": cmd, "rows": n, **res,
+                res = measure(str(Path(repo).resolve()), [*cli, "--device", "cpu", "--quiet", *args.extra.split()])
+                row = {"label": label, "model": args.model, "command": cmd + (f" {args.extra}" if args.extra else ""),
+                       "rows": n, **res,
                        "rows_per_s": n / res["wall_s"], "rows_per_cpu_s": n / res["cpu_s"],
                        "load": os.getloadavg()[0], "note": args.note, "when": time.strftime("%Y-%m-%d %H:%M")}
                 print(json.dumps(row), flush=True)
