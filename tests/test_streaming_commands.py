@@ -103,3 +103,11 @@ def test_interrupted_predict_leaves_old_output(cli, clf_dir, data, tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.csv"]
 
 
+
+
+def test_predict_missing_column_writes_nothing(cli, clf_dir, data):
+    res = cli("predict", "--model", clf_dir, data / "pairs.csv", "--text-column", "nope", "--output", "-",
+              "--device", "cpu", "--quiet")
+    assert res.exit_code == 1
+    assert res.stdout == ""
+    assert "no column 'nope'" in res.stderr

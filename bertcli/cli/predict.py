@@ -73,7 +73,13 @@ def command(
 
     from bertcli.data.tables import TableWriter
     from bertcli.errors import DataError
-    from bertcli.predict import added_columns, load_classifier, open_input, predict_chunks
+    from bertcli.predict import (
+        added_columns,
+        load_classifier,
+        open_input,
+        predict_chunks,
+        resolve_text_columns,
+    )
     from bertcli.streaming import check_chunk_size, progress_bar
 
     check_chunk_size(chunk_size)
@@ -81,6 +87,9 @@ def command(
     rows = truncated = 0
     with open_input(clf, input, delimiter=delimiter, no_quoting=no_quoting, no_header=no_header,
                     encoding=encoding) as source:
+        for name in resolve_text_columns(clf, text_column, text_pair_column):
+            if name:
+                source.check_column(name)  # before any output, even the header row on stdout
         columns = list(source.columns)
         added = added_columns(clf, columns)
         if json_out or output == "-":
