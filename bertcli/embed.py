@@ -17,6 +17,10 @@ padding and no attention mask at all; the rest pad by a token or two. Everything
 ``torch.inference_mode``; vectors are scattered back to input order on the device and copied
 to the host once.
 
+Large inputs: :func:`embed_chunks` runs :func:`embed_poolings` one chunk at a time (sorted and batched
+by length within the chunk) and :func:`embed_file` streams a file (or stdin) to an output file in
+bounded memory (see :mod:`bertcli.streaming`); :func:`score_pair_chunks` does the same for pairs.
+
 Empty texts are encoded as ``[CLS] [SEP]`` and get an ordinary, valid vector (the same vector
 for every empty text); texts longer than ``max_length`` tokens are truncated and counted in
 ``EmbedStats.truncated``.
@@ -24,10 +28,8 @@ for every empty text); texts longer than ``max_length`` tokens are truncated and
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -288,6 +290,73 @@ def encode(texts: Sequence[str], model: Any, **options: Any):
     return embed(texts, model, **options).vectors
 
 
+def merge_stats(parts: Sequence[EmbedStats], seconds: float | None = None) -> EmbedStats:
+    """The statistics of several chunks as one (``seconds``: the whole run's, default the sum)."""
+    first = parts[0]
+    return EmbedStats(
+        count=sum(p.count for p in parts), dim=first.dim, truncated=sum(p.truncated for p in parts),
+        tokens=sum(p.tokens for p in parts), batches=sum(p.batches for p in parts),
+        seconds=sum(p.seconds for p in parts) if seconds is None else seconds, pooling=first.pooling,
+        normalize=first.normalize, max_length=first.max_length, device=first.device, precision=first.precision,
+    )
+
+
+def embed_chunks(chunks: Iterable[Sequence[str]], model: Any, poolings: Sequence[str] | None = None, *,
+                 total: int | None = None, progress: Callable[[int, int | None], None] | None = None,
+                 device: str = "auto", precision: str = "auto", **options: Any):
+    """``(texts, {pooling: (n, H) float32 numpy array}, EmbedStats)`` for each chunk of texts, in order.
+
+    Each chunk is one :func:`embed_poolings` call (``options``: normalize, max_length, batch_tokens), so
+    texts are sorted and batched by length within it; memory depends on the chunk size, not on how many
+    chunks come. ``progress(rows_done, total)`` hears about every row.
+    """
+    from bertcli.streaming import run_chunks
+
+    enc = _as_encoder(model, device, precision)
+    modes = list(poolings or [enc.pooling])
+
+    def step(texts, report):
+        vectors, stats = embed_poolings(texts, enc, modes, progress=lambda done, _n: report(done), **options)
+        return {p: v.numpy() for p, v in vectors.items()}, stats
+
+    for texts, (vectors, stats) in run_chunks(chunks, step, total=total, progress=progress):
+        yield texts, vectors, stats
+
+
+def embed_file(source: Any, model: Any, output: str, *, pooling: str | None = None, chunk_size: int | None = None,
+               progress: Callable[[int, int | None], None] | None = None, metadata: dict[str, Any] | None = None,
+               stream=None, device: str = "auto", precision: str = "auto", **options: Any) -> EmbedStats:
+    """Embed the texts of ``source`` (a :mod:`bertcli.streaming` input: ``LinesInput``, ``ColumnInput``,
+    ``ListInput``) into ``output`` (``.npy``, ``.safetensors``, ``.jsonl`` or ``-``), ``chunk_size`` texts
+    at a time, rows in input order; the output is renamed into place only when complete.
+    ``metadata`` (plus pooling, normalize, max_length) goes into a ``.safetensors`` file."""
+    from bertcli.streaming import EmbeddingWriter, check_chunk_size
+
+    size = check_chunk_size(chunk_size)
+    enc = _as_encoder(model, device, precision)
+    mode = check_pooling(pooling or enc.pooling)
+    start = time.perf_counter()
+    parts: list[EmbedStats] = []
+    writer: EmbeddingWriter | None = None
+    try:
+        for texts, vectors, stats in embed_chunks(source.chunks(size), enc, [mode], total=source.total,
+                                                  progress=progress, **options):
+            if writer is None:
+                meta = {**(metadata or {}), "pooling": stats.pooling, "normalize": stats.normalize,
+                        "max_length": stats.max_length}
+                writer = EmbeddingWriter(output, stats.dim, total=source.total, metadata=meta, stream=stream)
+            writer.write(vectors[mode], texts)
+            parts.append(stats)
+        if writer is None:
+            raise DataError(f"{source.name}: no texts to embed")
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return merge_stats(parts, time.perf_counter() - start)
+
+
 # ============================================================ similarity
 def similarity(a, b, *, pairwise: bool = False, model: Any = None, **encode_kwargs):
     """Cosine similarity.
@@ -365,6 +434,26 @@ def score_pairs(
     return PairScores(scores, stats, corr)
 
 
+def score_pair_chunks(chunks: Iterable[tuple[Sequence[str], Sequence[str]]], model: Any, *,
+                      poolings: Sequence[str] | None = None, total: int | None = None,
+                      progress: Callable[[int, int | None], None] | None = None, **kwargs):
+    """:func:`score_pairs` one chunk of ``(a_texts, b_texts)`` at a time: yields ``PairScores`` per chunk, in
+    order (no correlations: gather the chunks' scores and call :func:`correlations` on them, which needs
+    only the scores, never the vectors). ``progress(pairs_done, total)``."""
+    from bertcli.streaming import run_chunks
+
+    enc = _as_encoder(model, kwargs.pop("device", "auto"), kwargs.pop("precision", "auto"))
+
+    def step(pair, report):
+        a, b = pair
+        n = len(a)
+        return score_pairs(a, b, enc, poolings=poolings,
+                           progress=lambda done, texts: report(n * done // max(texts, 1)), **kwargs)
+
+    for _, scores in run_chunks(chunks, step, total=total, progress=progress, size=lambda pair: len(pair[0])):
+        yield scores
+
+
 def correlations(scores, gold) -> dict[str, float]:
     """Pearson and Spearman correlation (scipy.stats) between predicted and gold scores."""
     import numpy as np
@@ -403,46 +492,12 @@ def write_embeddings(path: str, vectors, texts: Sequence[str] | None = None,
 
     Files are written to a temporary name and renamed into place.
     """
-    import sys
-
     import numpy as np
 
-    kind = check_output(path)
+    from bertcli.streaming import EmbeddingWriter
+
     array = vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors, dtype=np.float32)
     array = np.ascontiguousarray(array, dtype=np.float32)
-
-    def lines(fh):
-        from bertcli.data.tables import json_line
-
-        for i, row in enumerate(array.tolist()):
-            rec: dict[str, Any] = {"index": i}
-            if texts is not None:
-                rec["text"] = texts[i]
-            rec["embedding"] = row
-            fh.write(json_line(rec) + "\n")  # a lone surrogate stays a \\udXXX escape
-
-    if kind == "-":
-        lines(stream or sys.stdout)
-        (stream or sys.stdout).flush()
-        return
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        if kind == "npy":
-            with open(tmp, "wb") as fh:
-                np.save(fh, array, allow_pickle=False)
-        elif kind == "safetensors":
-            from safetensors.numpy import save_file
-
-            meta = {k: str(v) for k, v in (metadata or {}).items()}
-            save_file({"embeddings": array}, tmp, metadata=meta or None)
-        else:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                lines(fh)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with EmbeddingWriter(path, array.shape[1] if array.ndim == 2 else 0, total=len(array), metadata=metadata,
+                         stream=stream) as writer:
+        writer.write(array, texts)

@@ -103,6 +103,107 @@ def _free_name(name: str, taken: list[str]) -> str:
     return name if name not in taken else f"predicted_{name}"
 
 
+def resolve_text_columns(clf: Classifier, text_column: str | None, text_pair_column: str | None) -> tuple[str, str | None]:
+    """The text (and pair) columns: as given, else the ones the model was fine-tuned on."""
+    saved = clf.checkpoint.bertcli
+    text_column = text_column or saved.get("text_column")
+    if text_pair_column is None:
+        text_pair_column = saved.get("text_pair_column")
+    if not text_column:
+        raise ConfigError(f"{clf.checkpoint.path}: the checkpoint names no text column; pass --text-column")
+    return text_column, text_pair_column
+
+
+def open_input(clf: Classifier, input: str | Path, *, delimiter: str | None = None, no_quoting: bool | None = None,
+               no_header: bool | None = None, encoding: str = "utf-8"):
+    """A :class:`bertcli.streaming.TableInput` over ``input`` (``-``: stdin), read as in training where
+    the options are not given (delimiter, quoting, header saved in the checkpoint)."""
+    from bertcli.streaming import TableInput
+
+    saved = clf.checkpoint.bertcli
+    if delimiter is None and not str(input).lower().endswith((".jsonl", ".json", ".ndjson")):
+        delimiter = saved.get("delimiter")  # as in training (e.g. tab-separated .csv files)
+    return TableInput(
+        input,
+        delimiter=delimiter,
+        quoting=not (no_quoting if no_quoting is not None else saved.get("no_quoting", False)),
+        header=not (no_header if no_header is not None else saved.get("no_header", False)),
+        encoding=encoding,
+    )
+
+
+def added_columns(clf: Classifier, columns: list[str]) -> list[str]:
+    """The columns prediction adds to ``columns``: ``score``, or ``label`` and ``prob_<label>`` per class."""
+    if clf.regression:
+        return [_free_name("score", columns)]
+    return [_free_name("label", columns),
+            *(_free_name(f"prob_{clf.id2label[i]}", columns) for i in range(len(clf.id2label)))]
+
+
+def predict_chunks(
+    clf: Classifier,
+    source: Any,
+    *,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    batch_size: int = 64,
+    chunk_size: int | None = None,
+    progress=None,
+):
+    """:class:`Predictions` for each chunk of ``chunk_size`` rows of ``source`` (a ``TableInput``), in order.
+
+    Rows are sorted and batched by length within a chunk; ``progress(rows_done, total)``.
+    """
+    from bertcli.streaming import check_chunk_size, run_chunks
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    size = check_chunk_size(chunk_size)
+    text_column, text_pair_column = resolve_text_columns(clf, text_column, text_pair_column)
+    for name in (text_column, text_pair_column):
+        if name:
+            source.check_column(name)  # before any row is read, even in an empty file
+    columns = list(source.columns)
+    added = added_columns(clf, columns)
+
+    def step(table, report):
+        texts = table.column(text_column)
+        pairs = table.column(text_pair_column) if text_pair_column else None
+        logits, truncated = clf.logits(texts, pairs, batch_size=batch_size,
+                                       progress=_counter(report) if progress is not None else None)
+        return _label(clf, table.records(), logits, added), truncated
+
+    for _, (records, truncated) in run_chunks(source.chunks(size), step, total=source.total, progress=progress):
+        yield Predictions(columns + added, records, added, truncated, clf.regression)
+
+
+def _counter(report):
+    done = [0]
+
+    def advance(n: int, _total=None) -> None:
+        done[0] += n
+        report(done[0])
+
+    return advance
+
+
+def _label(clf: Classifier, records: list[dict], logits: np.ndarray, added: list[str]) -> list[dict]:
+    if clf.regression:
+        for rec, value in zip(records, logits[:, 0], strict=True):
+            rec[added[0]] = round(float(value), 6)
+        return records
+    from bertcli.tasks.classification import softmax
+
+    probs = softmax(logits) if len(records) else logits
+    best = probs.argmax(1) if len(records) else []
+    label_col, prob_cols = added[0], added[1:]
+    for rec, p, k in zip(records, probs, best, strict=True):
+        rec[label_col] = clf.id2label[int(k)]
+        for col, value in zip(prob_cols, p, strict=True):
+            rec[col] = round(float(value), 6)
+    return records
+
+
 def predict_table(
     model_dir: str | Path,
     input: str | Path,
@@ -119,48 +220,23 @@ def predict_table(
     classifier: Classifier | None = None,
     progress=None,
     max_length: int | None = None,
+    chunk_size: int | None = None,
 ) -> Predictions:
-    """Predict every row of ``input`` (``-`` for stdin); returns the rows with the added columns."""
-    from bertcli.data.tables import read_table
+    """Predict every row of ``input`` (``-`` for stdin); returns the rows with the added columns.
 
+    Everything is kept in memory; :func:`predict_chunks` streams instead (as ``bertcli predict`` does).
+    """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     clf = classifier or load_classifier(model_dir, device, precision, max_length)
-    saved = clf.checkpoint.bertcli
-    text_column = text_column or saved.get("text_column")
-    if text_pair_column is None:
-        text_pair_column = saved.get("text_pair_column")
-    if not text_column:
-        raise ConfigError(f"{clf.checkpoint.path}: the checkpoint names no text column; pass --text-column")
-    if delimiter is None and not str(input).lower().endswith((".jsonl", ".json", ".ndjson")):
-        delimiter = saved.get("delimiter")  # as in training (e.g. tab-separated .csv files)
-    table = read_table(
-        input,
-        delimiter=delimiter,
-        quoting=not (no_quoting if no_quoting is not None else saved.get("no_quoting", False)),
-        header=not (no_header if no_header is not None else saved.get("no_header", False)),
-        encoding=encoding,
-    )
-    texts = table.column(text_column)
-    pairs = table.column(text_pair_column) if text_pair_column else None
-    logits, truncated = clf.logits(texts, pairs, batch_size=batch_size, progress=progress)
-    records = table.records()
-    columns = list(table.columns)
-    if clf.regression:
-        name = _free_name("score", columns)
-        for rec, value in zip(records, logits[:, 0], strict=True):
-            rec[name] = round(float(value), 6)
-        added = [name]
-    else:
-        from bertcli.tasks.classification import softmax
-
-        probs = softmax(logits) if len(records) else logits
-        label_col = _free_name("label", columns)
-        prob_cols = [_free_name(f"prob_{clf.id2label[i]}", columns) for i in range(probs.shape[1])]
-        best = probs.argmax(1) if len(records) else []
-        for rec, p, k in zip(records, probs, best, strict=True):
-            rec[label_col] = clf.id2label[int(k)]
-            for col, value in zip(prob_cols, p, strict=True):
-                rec[col] = round(float(value), 6)
-        added = [label_col, *prob_cols]
-    return Predictions(columns + added, records, added, truncated, clf.regression)
+    resolve_text_columns(clf, text_column, text_pair_column)
+    with open_input(clf, input, delimiter=delimiter, no_quoting=no_quoting, no_header=no_header,
+                    encoding=encoding) as source:
+        rows, truncated = [], 0
+        added = added_columns(clf, list(source.columns))
+        columns = list(source.columns) + added
+        for part in predict_chunks(clf, source, text_column=text_column, text_pair_column=text_pair_column,
+                                   batch_size=batch_size, chunk_size=chunk_size, progress=progress):
+            rows.extend(part.rows)
+            truncated += part.truncated
+    return Predictions(columns, rows, added, truncated, clf.regression)

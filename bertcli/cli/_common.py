@@ -76,6 +76,11 @@ BatchTokensOpt = Annotated[
     int | None, typer.Option("--batch-tokens", help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA).")
 ]
 
+ChunkSizeOpt = Annotated[
+    int | None, typer.Option("--chunk-size", help="Rows read, encoded and written at a time; memory depends on it, "
+                             "not on the input size (default: 10000).", show_default=False)
+]
+
 
 def table_file_options(flag: str):
     """(delimiter, no-quoting, no-header) option types for the table a command reads with ``flag``."""

@@ -9,6 +9,7 @@ import typer
 
 from bertcli.cli._common import (
     BatchTokensOpt,
+    ChunkSizeOpt,
     DeviceOpt,
     EncodingOpt,
     JsonOpt,
@@ -36,17 +37,18 @@ EPILOG = """[bold]Examples[/]
   cat sentences.txt | bertcli embed --model MODEL - --pooling cls --no-normalize > vectors.jsonl
 
 Empty texts are encoded as [CLS] [SEP] and get an ordinary vector; texts longer than
---max-length tokens are truncated and counted in the summary.
+--max-length tokens are truncated and counted in the summary. Large inputs are read and written
+--chunk-size texts at a time (memory stays bounded); the output file appears only when complete.
 """
 
 PROGRESS_MIN = 2000  # show a progress bar from this many texts on
 
 
-def read_inputs(texts, input, column, delimiter, quoting, header, encoding):
-    """Texts from arguments, stdin (a lone '-'), a text file (one per line) or a table column."""
-    from bertcli.data.tables import read_table
-    from bertcli.data.text import read_lines
+def open_inputs(texts, input, column, delimiter, quoting, header, encoding):
+    """A streaming input (bertcli.streaming) over texts given as arguments, stdin (a lone '-'), a text
+    file (one per line) or a table column; the rows are counted, nothing is held but the count."""
     from bertcli.errors import DataError
+    from bertcli.streaming import ColumnInput, LinesInput, ListInput, TableInput
 
     items = list(texts or [])
     if items == ["-"]:
@@ -57,15 +59,22 @@ def read_inputs(texts, input, column, delimiter, quoting, header, encoding):
         if items:
             raise DataError("give texts as arguments or --input FILE, not both")
         if column is not None:
-            table = read_table(input, delimiter=delimiter, quoting=quoting, header=header, encoding=encoding)
-            items = table.column(column)
+            table = TableInput(input, delimiter=delimiter, quoting=quoting, header=header, encoding=encoding)
+            try:
+                source = ColumnInput(table, column)
+            except BaseException:
+                table.close()
+                raise
         else:
-            items = read_lines(input, encoding)
+            source = LinesInput(input, encoding)
     elif column is not None:
         raise DataError("--column needs --input FILE (a CSV, TSV or JSONL file)")
-    if not items:
+    else:
+        source = ListInput(items)
+    if not source.total:
+        source.close()
         raise DataError("no input: give texts as arguments, --input FILE, or - for stdin")
-    return items
+    return source
 
 
 @cli_command
@@ -80,6 +89,7 @@ def command(
     output: Annotated[str, typer.Option("--output", "-o", help="FILE.npy, FILE.safetensors, FILE.jsonl, or - for JSON lines on stdout.")] = "-",
     max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate texts to N tokens (default: the checkpoint's max_seq_length, else max positions).")] = None,
     batch_tokens: BatchTokensOpt = None,
+    chunk_size: ChunkSizeOpt = None,
     delimiter: DelimiterOpt = None,
     no_quoting: NoQuotingOpt = False,
     no_header: NoHeaderOpt = False,
@@ -90,23 +100,22 @@ def command(
     quiet: QuietOpt = False,
 ) -> None:
     """Embed texts into sentence vectors (rows in input order)."""
-    from bertcli.embed import check_output, check_pooling, embed, load, write_embeddings
+    from bertcli.embed import check_output, check_pooling, embed_file, load
     from bertcli.paths import check_outputs
+    from bertcli.streaming import check_chunk_size, progress_bar
 
     check_outputs({"--output": output}, {"--input": input, "--model": model})
     kind = check_output(output)
     if pooling is not None:
         check_pooling(pooling)
-    items = read_inputs(texts, input, column, delimiter, not no_quoting, not no_header, encoding)
-    enc = load(model, device=device, precision=precision)
-    result = embed(
-        items, enc, pooling=pooling, normalize=normalize, max_length=max_length, batch_tokens=batch_tokens,
-        progress=not quiet and len(items) >= PROGRESS_MIN and sys.stderr.isatty(),
-    )
-    s = result.stats
-    write_embeddings(output, result.vectors, items, metadata={
-        "model": model, "pooling": s.pooling, "normalize": s.normalize, "max_length": s.max_length,
-    })
+    check_chunk_size(chunk_size)
+    with open_inputs(texts, input, column, delimiter, not no_quoting, not no_header, encoding) as source:
+        enc = load(model, device=device, precision=precision)
+        show = not quiet and source.total >= PROGRESS_MIN and sys.stderr.isatty()
+        with progress_bar("embedding", source.total, enabled=show, unit="texts") as progress:
+            s = embed_file(source, enc, output, pooling=pooling, normalize=normalize, max_length=max_length,
+                           batch_tokens=batch_tokens, chunk_size=chunk_size, progress=progress,
+                           metadata={"model": model})
     summary = {"output": output, **s.to_dict()}
     if json_out and kind != "-":
         emit_json(summary)

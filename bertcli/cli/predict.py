@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from bertcli.cli._common import (
+    ChunkSizeOpt,
     DeviceOpt,
     EncodingOpt,
     JsonOpt,
@@ -32,7 +33,7 @@ EPILOG = """[bold]Examples[/]
 
   cat texts.csv | bertcli predict --model runs/sentiment - --output out.tsv
 
-Adds [bold]label[/] and one [bold]prob_<label>[/] column per class (classification) or [bold]score[/] (regression) to each input row; an input column of that name is kept and the new one is called predicted_<name>. The text columns default to the ones the model was fine-tuned on. Output CSV cells that begin with = + - @ are escaped against spreadsheet formula injection.
+Adds [bold]label[/] and one [bold]prob_<label>[/] column per class (classification) or [bold]score[/] (regression) to each input row; an input column of that name is kept and the new one is called predicted_<name>. The text columns default to the ones the model was fine-tuned on. Output CSV cells that begin with = + - @ are escaped against spreadsheet formula injection. Rows are read, predicted and written --chunk-size at a time (memory stays bounded); an output file appears only when complete.
 """
 
 
@@ -45,6 +46,7 @@ def command(
     output: Annotated[str, typer.Option("--output", "-o", help="Output file (.csv, .tsv, .jsonl) or - for stdout (the input's format).")] = "-",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per forward pass.")] = 64,
     max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate texts to N tokens, up to the model's max_position_embeddings (classification and regression models; default: the fine-tuned length).", show_default=False)] = None,
+    chunk_size: ChunkSizeOpt = None,
     delimiter: Annotated[str | None, typer.Option("--delimiter", help="Input field delimiter (default: by extension).", show_default=False)] = None,
     no_quoting: Annotated[bool | None, typer.Option("--no-quoting/--quoting", help="Treat double quotes as text (default: as in training).", show_default=False)] = None,
     no_header: Annotated[bool | None, typer.Option("--no-header/--header", help="The input has no header row (default: as in training).", show_default=False)] = None,
@@ -56,9 +58,7 @@ def command(
 ) -> None:
     """Predict with a fine-tuned model: labels or scores per table row, entities per text, answers per question."""
     from bertcli.checkpoint import load_checkpoint
-    from bertcli.data.tables import write_table
     from bertcli.paths import check_outputs
-    from bertcli.predict import predict_table
     from bertcli.tasks import finetune_tasks
 
     check_outputs({"--output": output}, {"INPUT": input, "--model": model})
@@ -77,40 +77,60 @@ def command(
                                device=device, precision=precision, emit_json=emit_json, err_console=err_console)
         return
 
-    kwargs = dict(text_column=text_column, text_pair_column=text_pair_column, batch_size=batch_size, max_length=max_length,
-                  device=device, precision=precision, delimiter=delimiter, no_quoting=no_quoting,
-                  no_header=no_header, encoding=encoding)
-    if quiet:
-        result = predict_table(model, input, **kwargs)
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from bertcli.data.tables import TableWriter
+    from bertcli.errors import DataError
+    from bertcli.predict import (
+        added_columns,
+        load_classifier,
+        open_input,
+        predict_chunks,
+        resolve_text_columns,
+    )
+    from bertcli.streaming import check_chunk_size, progress_bar
 
-        with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err_console, transient=True) as bar:
-            job = bar.add_task("predict", total=None)
-
-            def advance(n: int, total: int | None = None) -> None:
-                bar.update(job, advance=n, total=total)
-
-            result = predict_table(model, input, progress=advance, **kwargs)
-    if json_out:
-        for row in result.rows:
-            emit_json(row)
-    elif output == "-":
-        fmt = Path(input).suffix.lower() if input != "-" else ".csv"
-        name = "stdout" + (fmt if fmt in (".csv", ".tsv", ".jsonl") else ".csv")
-        write_table(name, result.columns, result.rows, stream=sys.stdout)
-        sys.stdout.flush()
-    else:
-        from bertcli.errors import DataError
-
+    check_chunk_size(chunk_size)
+    clf = load_classifier(model, device, precision, max_length)
+    rows = truncated = 0
+    with open_input(clf, input, delimiter=delimiter, no_quoting=no_quoting, no_header=no_header,
+                    encoding=encoding) as source:
+        for name in resolve_text_columns(clf, text_column, text_pair_column):
+            if name:
+                source.check_column(name)  # before any output, even the header row on stdout
+        columns = list(source.columns)
+        added = added_columns(clf, columns)
+        if json_out or output == "-":
+            fmt = Path(input).suffix.lower() if input != "-" else ".csv"
+            name = "stdout" + (fmt if fmt in (".csv", ".tsv", ".jsonl") else ".csv")
+            writer = None if json_out else TableWriter(name, columns + added, stream=sys.stdout)
+        else:
+            try:
+                writer = TableWriter(output, columns + added)
+            except OSError as exc:
+                raise DataError(f"{output}: cannot write the predictions ({exc.strerror})") from None
         try:
-            write_table(output, result.columns, result.rows)
+            with progress_bar("predict", source.total, enabled=not quiet) as progress:
+                for part in predict_chunks(clf, source, text_column=text_column, text_pair_column=text_pair_column,
+                                           batch_size=batch_size, chunk_size=chunk_size, progress=progress):
+                    if writer is None:
+                        for row in part.rows:
+                            emit_json(row)
+                    else:
+                        writer.write(part.rows)
+                    rows += len(part.rows)
+                    truncated += part.truncated
+            if writer is not None:
+                writer.close()
         except OSError as exc:
+            if writer is not None:
+                writer.abort()
             raise DataError(f"{output}: cannot write the predictions ({exc.strerror})") from None
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
     if not quiet:
         where = "" if output == "-" or json_out else f" -> {output}"
         err_console.print(
-            f"{len(result.rows)} rows predicted{where}; added {', '.join(result.added)}"
-            + (f"; {result.truncated} truncated" if result.truncated else "")
+            f"{rows} rows predicted{where}; added {', '.join(added)}"
+            + (f"; {truncated} truncated" if truncated else "")
         )

@@ -9,6 +9,7 @@ import typer
 
 from bertcli.cli._common import (
     BatchTokensOpt,
+    ChunkSizeOpt,
     DeviceOpt,
     EncodingOpt,
     JsonOpt,
@@ -81,6 +82,7 @@ def command(
     pooling: Annotated[str | None, typer.Option("--pooling", help="cls|mean|max, or several separated by commas to compare them (one encoder pass).")] = None,
     max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate texts to N tokens (default: the checkpoint's).")] = None,
     batch_tokens: BatchTokensOpt = None,
+    chunk_size: ChunkSizeOpt = None,
     delimiter: DelimiterOpt = None,
     no_quoting: NoQuotingOpt = False,
     no_header: NoHeaderOpt = False,
@@ -109,7 +111,7 @@ def command(
         raise DataError("give two texts or --pairs FILE, not both")
     if a_column is None or b_column is None:
         raise DataError("--pairs needs --a-column and --b-column (names, or 0-based indexes with --no-header)")
-    _pairs(model, pairs, a_column, b_column, gold_column, output, poolings, max_length, batch_tokens,
+    _pairs(model, pairs, a_column, b_column, gold_column, output, poolings, max_length, batch_tokens, chunk_size,
            delimiter, not no_quoting, not no_header, encoding, device, precision, json_out, quiet)
 
 
@@ -129,49 +131,80 @@ def _two_texts(texts, model, poolings, max_length, batch_tokens, device, precisi
             console.print(f"{p}\t{float(s[0]):.4f}")
 
 
-def _pairs(model, path, a_column, b_column, gold_column, output, poolings, max_length, batch_tokens,
+def _pairs(model, path, a_column, b_column, gold_column, output, poolings, max_length, batch_tokens, chunk_size,
            delimiter, quoting, header, encoding, device, precision, json_out, quiet):
+    import numpy as np
     from rich.table import Table as RichTable
 
-    from bertcli.data.tables import read_table, write_table
-    from bertcli.embed import load, score_pairs
+    from bertcli.data.tables import TableWriter
+    from bertcli.embed import correlations, load, merge_stats, score_pair_chunks
     from bertcli.errors import DataError
+    from bertcli.streaming import TableInput, check_chunk_size, progress_bar
 
     if output not in (None, "-") and not output.lower().endswith((".csv", ".tsv", ".txt", ".jsonl", ".json")):
         raise DataError(f"{output}: unknown output format; use .csv, .tsv, .jsonl, or - for JSON lines on stdout")
-    table = read_table(path, delimiter=delimiter, quoting=quoting, header=header, encoding=encoding)
-    a = table.column(a_column)
-    b = table.column(b_column)
-    gold = parse_gold(table, gold_column) if gold_column is not None else None
-    if not a:
-        raise DataError(f"{table.path}: no rows")
-    enc = load(model, device=device, precision=precision)
-    res = score_pairs(a, b, enc, poolings=poolings, gold=gold, max_length=max_length, batch_tokens=batch_tokens,
-                      progress=not quiet and sys.stderr.isatty() and len(a) >= 1000)
-    names = list(res.scores)
-    col = {p: ("score" if len(names) == 1 else f"score_{p}") for p in names}
+    size = check_chunk_size(chunk_size)
+    with TableInput(path, delimiter=delimiter, quoting=quoting, header=header, encoding=encoding) as source:
+        for name in (a_column, b_column, gold_column):
+            if name is not None:
+                source.check_column(name)
+        if not source.total:
+            raise DataError(f"{source.name}: no rows")
+        enc = load(model, device=device, precision=precision)
+        names = poolings or [enc.pooling]
+        col = {p: ("score" if len(names) == 1 else f"score_{p}") for p in names}
+        columns = list(source.columns) + [col[p] for p in names]
+        writer = TableWriter(output, columns) if output not in (None, "-") else None
+        scores: dict[str, list] = {p: [] for p in names}  # gathered per pair: a few bytes each, never the vectors
+        gold: list[float] = []
+        parts = []
+        tables = []
 
-    if output is not None:
-        records = table.records()
-        columns = list(table.columns) + [col[p] for p in names]
-        for i, r in enumerate(records):
-            for p in names:
-                r[col[p]] = round(float(res.scores[p][i]), 6)
-        if output == "-":
-            for r in records:
-                emit_json({c: r.get(c) for c in columns})
-        else:
-            try:
-                write_table(output, columns, records)
-            except OSError as exc:
-                raise DataError(f"{output}: cannot write ({exc.strerror or exc})") from None
+        def pairs():
+            for table in source.chunks(size):
+                if gold_column is not None:
+                    gold.extend(parse_gold(table, gold_column))
+                tables.append(table)
+                yield table.column(a_column), table.column(b_column)
 
-    s = res.stats
+        try:
+            show = not quiet and sys.stderr.isatty() and source.total >= 1000
+            with progress_bar("similarity", source.total, enabled=show, unit="pairs") as progress:
+                for res in score_pair_chunks(pairs(), enc, poolings=names, total=source.total, progress=progress,
+                                             max_length=max_length, batch_tokens=batch_tokens):
+                    table = tables.pop(0)
+                    parts.append(res.stats)
+                    for p in names:
+                        scores[p].append(res.scores[p])
+                    if output is not None:
+                        records = table.records()
+                        for i, r in enumerate(records):
+                            for p in names:
+                                r[col[p]] = round(float(res.scores[p][i]), 6)
+                        if writer is None:
+                            for r in records:
+                                emit_json({c: r.get(c) for c in columns})
+                        else:
+                            writer.write(records)
+            if writer is not None:
+                writer.close()
+        except OSError as exc:
+            if writer is not None:
+                writer.abort()
+            raise DataError(f"{output}: cannot write ({exc.strerror or exc})") from None
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        n_pairs, table_name = source.total, source.name
+    all_scores = {p: np.concatenate(v) for p, v in scores.items()}
+    corr = {p: correlations(v, gold) for p, v in all_scores.items()} if gold_column is not None else None
+    s = merge_stats(parts)
     rows = []
     for p in names:
-        row = {"pooling": p, "pairs": len(a), "mean_cosine": float(res.scores[p].mean())}
-        if res.correlations:
-            row.update(res.correlations[p])
+        row = {"pooling": p, "pairs": n_pairs, "mean_cosine": float(all_scores[p].mean())}
+        if corr:
+            row.update(corr[p])
         rows.append(row)
     if json_out and output != "-":
         for row in rows:
@@ -181,15 +214,16 @@ def _pairs(model, path, a_column, b_column, gold_column, output, poolings, max_l
     if quiet and output is not None:
         return
     out_console = err_console if output == "-" else console
-    t = RichTable(title=f"{table.path}: {len(a)} pairs, {s.count} distinct texts", title_justify="left")
+    t = RichTable(title=f"{table_name}: {n_pairs} pairs, {s.count} distinct texts"
+                  + (f" (distinct within each chunk of {size})" if n_pairs > size else ""), title_justify="left")
     t.add_column("pooling")
     t.add_column("mean cosine", justify="right")
-    if res.correlations:
+    if corr:
         t.add_column("Pearson", justify="right")
         t.add_column("Spearman", justify="right")
     for row in rows:
         cells = [row["pooling"], f"{row['mean_cosine']:.4f}"]
-        if res.correlations:
+        if corr:
             cells += [f"{row['pearson']:.4f}", f"{row['spearman']:.4f}"]
         t.add_row(*cells)
     out_console.print(t)

@@ -132,40 +132,66 @@ def read_table(
     name = "<stdin>" if str(path) == "-" else str(path)
     fmt = detect_format(name, text, delimiter)
     if fmt == "jsonl":
-        return _read_jsonl(name, text)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=fmt,
-                        quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE, strict=False)
+        return _jsonl_table(name, text.split("\n"))
+    return _csv_table(name, io.StringIO(text, newline=""), fmt, quoting, header)
+
+
+def _csv_table(name: str, lines, fmt: str, quoting: bool, header: bool) -> Table:
     rows: list[list[str]] = []
-    lines: list[int] = []
-    columns: list[str] = []
-    start = 1
-    try:
-        for row in reader:
-            if header and not columns and not rows:
-                columns = [c.strip() for c in row]
-                if not any(columns):
-                    raise DataError(f"{name}, line 1: the header row is empty")
-                start = reader.line_num + 1
-                continue
-            if row and any(cell.strip() for cell in row):
-                rows.append(row)
-                lines.append(start)
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise DataError(f"{name}, line {reader.line_num}: malformed CSV ({exc}); try --no-quoting") from None
-    if header and not columns:
+    lines_at: list[int] = []
+    columns: list[str] | None = None
+    for row, line in csv_rows(name, lines, fmt, quoting, header):
+        if line == 0:
+            columns = row
+        else:
+            rows.append(row)
+            lines_at.append(line)
+    if header and columns is None:
         raise DataError(f"{name}: the file is empty (no header row)")
     if not header:
         width = max((len(r) for r in rows), default=0)
         columns = [str(i) for i in range(width)]
-    return Table(name, columns, rows, lines)
+    return Table(name, columns, rows, lines_at)
 
 
-def _read_jsonl(name: str, text: str) -> Table:
+def csv_rows(name: str, lines, fmt: str, quoting: bool, header: bool):
+    """(row, line) for each non-blank row of CSV ``lines`` (an iterable of lines with their endings);
+    with ``header`` the header comes first as (columns, 0)."""
+    reader = csv.reader(lines, delimiter=fmt, quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE,
+                        strict=False)
+    seen_header = not header
+    start = 1
+    try:
+        for row in reader:
+            if not seen_header:
+                columns = [c.strip() for c in row]
+                if not any(columns):
+                    raise DataError(f"{name}, line 1: the header row is empty")
+                seen_header = True
+                start = reader.line_num + 1
+                yield columns, 0
+                continue
+            if row and any(cell.strip() for cell in row):
+                yield row, start
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(f"{name}, line {reader.line_num}: malformed CSV ({exc}); try --no-quoting") from None
+
+
+def _jsonl_table(name: str, lines) -> Table:
     rows: list[dict] = []
-    lines: list[int] = []
-    columns: list[str] = []
-    for i, line in enumerate(text.split("\n"), start=1):
+    lines_at: list[int] = []
+    columns: dict[str, None] = {}
+    for obj, i in jsonl_records(name, lines):
+        columns.update(dict.fromkeys(obj))
+        rows.append(obj)
+        lines_at.append(i)
+    return Table(name, list(columns), rows, lines_at, is_json=True)
+
+
+def jsonl_records(name: str, lines):
+    """(object, line) for each non-blank line of JSONL ``lines``, with located errors."""
+    for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -178,12 +204,7 @@ def _read_jsonl(name: str, text: str) -> Table:
             raise DataError(f"{name}, line {i}: invalid JSON ({exc})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{name}, line {i}: expected a JSON object per line, got {type(obj).__name__}")
-        for k in obj:
-            if k not in columns:
-                columns.append(k)
-        rows.append(obj)
-        lines.append(i)
-    return Table(name, columns, rows, lines, is_json=True)
+        yield obj, i
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -216,28 +237,58 @@ def write_table(path: str | Path, columns: list[str], rows: list[dict], stream=N
     A file is written to a temporary sibling and renamed into place, so an existing file is never
     left half-written. Lone surrogates become ``\\udXXX`` escapes in JSONL and U+FFFD in CSV.
     """
-    name = str(path)
-    if stream is not None:
-        _write_rows(name, columns, rows, stream)
-        return
-    target = Path(name)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            _write_rows(name, columns, rows, fh)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with TableWriter(path, columns, stream=stream) as w:
+        w.write(rows)
 
 
-def _write_rows(name: str, columns: list[str], rows: list[dict], fh) -> None:
-    if name.endswith((".jsonl", ".json", ".ndjson")):
-        for r in rows:
-            fh.write(json_line({c: r.get(c) for c in columns}) + "\n")
-        return
-    delim = "\t" if name.endswith((".tsv", ".txt")) else ","
-    w = csv.writer(fh, delimiter=delim)
-    w.writerow([_cell(c) for c in columns])
-    for r in rows:
-        w.writerow([_cell(r.get(c)) for c in columns])
+class TableWriter:
+    """Rows written as they come (CSV/TSV/JSONL by the extension of ``path``, as :func:`write_table`), to
+    ``stream`` or to a temporary sibling of ``path`` renamed into place by :meth:`close`; leaving the
+    ``with`` block on an exception (or :meth:`abort`) removes the temporary file, the old ``path`` untouched."""
+
+    def __init__(self, path: str | Path, columns: list[str], stream=None):
+        self.name, self.columns = str(path), list(columns)
+        self.target = self.tmp = None
+        if stream is None:
+            self.target = Path(self.name)
+            self.tmp = self.target.with_name(f".{self.target.name}.tmp-{os.getpid()}")
+            stream = open(self.tmp, "w", encoding="utf-8", newline="")
+        self.fh = stream
+        self.jsonl = self.name.endswith((".jsonl", ".json", ".ndjson"))
+        if not self.jsonl:
+            self.csv = csv.writer(stream, delimiter="\t" if self.name.endswith((".tsv", ".txt")) else ",")
+            self.csv.writerow([_cell(c) for c in self.columns])
+
+    def write(self, rows) -> None:
+        cols = self.columns
+        if self.jsonl:
+            self.fh.write("".join(json_line({c: r.get(c) for c in cols}) + "\n" for r in rows))
+        else:
+            self.csv.writerows([_cell(r.get(c)) for c in cols] for r in rows)
+        if self.tmp is None:
+            self.fh.flush()
+
+    def close(self) -> None:
+        if self.tmp is None:
+            self.fh.flush()
+            return
+        self.fh.close()
+        os.replace(self.tmp, self.target)
+
+    def abort(self) -> None:
+        if self.tmp is not None:
+            self.fh.close()
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
