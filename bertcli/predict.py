@@ -30,16 +30,22 @@ class Classifier:
     max_length: int
     device: Any
     precision: str
+    long_input: str = "truncate"  # or "window" (bertcli.windows): the windows' logits pooled per text
+    stride: int = 128
+    window_pooling: str = "mean"
+    windowed: int = 0  # texts split into windows by the last logits() call
 
     def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
                progress=None) -> tuple[np.ndarray, int]:
         """(logits (N, K), number of truncated inputs)."""
         from bertcli.tasks.classification import batched_logits
+        from bertcli.windows import combine, encode_texts
 
-        ids, type_ids, truncated = self.tokenizer.encode_ids(texts, pairs, max_length=self.max_length)
-        out = batched_logits(self.model, ids, type_ids, pad_id=self.tokenizer.pad_id, batch_size=batch_size,
-                             device=self.device, precision=self.precision, progress=progress)
-        return out, truncated
+        enc = encode_texts(self.tokenizer, texts, pairs, self.max_length, self.long_input, self.stride)
+        out = batched_logits(self.model, enc.ids, enc.type_ids, pad_id=self.tokenizer.pad_id,
+                             batch_size=batch_size, device=self.device, precision=self.precision, progress=progress)
+        self.windowed = enc.windowed
+        return combine(out, enc.doc, len(texts), self.window_pooling), enc.truncated
 
 
 def load_classifier(model_dir: str | Path, device: str = "auto", precision: str = "auto") -> Classifier:
@@ -76,7 +82,10 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
     model = BertForSequenceClassification(ckpt.config, rows)
     load_into(model, ckpt.state, str(ckpt.path))
     model.to(dev).eval()
-    return Classifier(model, tok, ckpt, regression, id2label, max_length, dev, prec)
+    saved = ckpt.bertcli  # a model trained on windows predicts on windows unless told otherwise
+    return Classifier(model, tok, ckpt, regression, id2label, max_length, dev, prec,
+                      long_input=saved.get("long_input") or "truncate", stride=int(saved.get("stride") or 128),
+                      window_pooling=saved.get("window_pooling") or "mean")
 
 
 @dataclass
@@ -86,6 +95,7 @@ class Predictions:
     added: list[str] = field(default_factory=list)
     truncated: int = 0
     regression: bool = False
+    windowed: int = 0
 
 
 def _free_name(name: str, taken: list[str]) -> str:
@@ -107,13 +117,23 @@ def predict_table(
     encoding: str = "utf-8",
     classifier: Classifier | None = None,
     progress=None,
+    long_input: str | None = None,
+    stride: int | None = None,
+    window_pooling: str | None = None,
 ) -> Predictions:
-    """Predict every row of ``input`` (``-`` for stdin); returns the rows with the added columns."""
+    """Predict every row of ``input`` (``-`` for stdin); returns the rows with the added columns.
+
+    ``long_input`` / ``stride`` / ``window_pooling`` default to the checkpoint's (as trained), else truncate."""
     from bertcli.data.tables import read_table
+    from bertcli.windows import check as check_windows
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     clf = classifier or load_classifier(model_dir, device, precision)
+    for name, value in (("long_input", long_input), ("stride", stride), ("window_pooling", window_pooling)):
+        if value is not None:
+            setattr(clf, name, value)
+    check_windows(clf.long_input, clf.stride, clf.window_pooling)
     saved = clf.checkpoint.bertcli
     text_column = text_column or saved.get("text_column")
     if text_pair_column is None:
@@ -151,4 +171,4 @@ def predict_table(
             for col, value in zip(prob_cols, p, strict=True):
                 rec[col] = round(float(value), 6)
         added = [label_col, *prob_cols]
-    return Predictions(columns + added, records, added, truncated, clf.regression)
+    return Predictions(columns + added, records, added, truncated, clf.regression, clf.windowed)

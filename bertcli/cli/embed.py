@@ -80,6 +80,8 @@ def command(
     output: Annotated[str, typer.Option("--output", "-o", help="FILE.npy, FILE.safetensors, FILE.jsonl, or - for JSON lines on stdout.")] = "-",
     max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate texts to N tokens (default: the checkpoint's max_seq_length, else max positions).")] = None,
     batch_tokens: BatchTokensOpt = None,
+    long_input: Annotated[str, typer.Option("--long-input", help="truncate | window: a text longer than --max-length becomes the mean of its overlapping windows' vectors.")] = "truncate",
+    stride: Annotated[int, typer.Option("--stride", help="With --long-input window: tokens shared by consecutive windows.")] = 128,
     delimiter: DelimiterOpt = None,
     no_quoting: NoQuotingOpt = False,
     no_header: NoHeaderOpt = False,
@@ -101,7 +103,8 @@ def command(
     enc = load(model, device=device, precision=precision)
     result = embed(
         items, enc, pooling=pooling, normalize=normalize, max_length=max_length, batch_tokens=batch_tokens,
-        progress=not quiet and len(items) >= PROGRESS_MIN and sys.stderr.isatty(),
+        progress=not quiet and len(items) >= PROGRESS_MIN and sys.stderr.isatty(), long_input=long_input,
+        stride=stride,
     )
     s = result.stats
     write_embeddings(output, result.vectors, items, metadata={
@@ -115,7 +118,8 @@ def command(
         err_console.print(
             f"{s.count} text(s) -> {s.dim}-dim vectors ({s.pooling} pooling, "
             f"{'normalised' if s.normalize else 'not normalised'}, {s.precision} on {s.device}); "
-            f"{s.truncated} truncated to {s.max_length} tokens; {s.seconds:.2f}s ({rate:.0f} texts/s)"
+            + (f"{s.windowed} split into windows of" if long_input == "window" else f"{s.truncated} truncated to")
+            + f" {s.max_length} tokens; {s.seconds:.2f}s ({rate:.0f} texts/s)"
             + ("" if kind == "-" else f"; written to {output}"),
             soft_wrap=True,
         )

@@ -47,6 +47,9 @@ def command(
     delimiter: Annotated[str | None, typer.Option("--delimiter", help="Input field delimiter (default: by extension).", show_default=False)] = None,
     no_quoting: Annotated[bool | None, typer.Option("--no-quoting/--quoting", help="Treat double quotes as text (default: as in training).", show_default=False)] = None,
     no_header: Annotated[bool | None, typer.Option("--no-header/--header", help="The input has no header row (default: as in training).", show_default=False)] = None,
+    long_input: Annotated[str | None, typer.Option("--long-input", help="truncate | window: a long text's prediction pools its overlapping windows' logits (default: as trained, else truncate).", show_default=False)] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="With --long-input window: tokens shared by consecutive windows (default: as trained, else 128).", show_default=False)] = None,
+    window_pooling: Annotated[str | None, typer.Option("--window-pooling", help="mean | max of the windows' logits (default: as trained, else mean).", show_default=False)] = None,
     encoding: EncodingOpt = "utf-8",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -73,7 +76,8 @@ def command(
 
     kwargs = dict(text_column=text_column, text_pair_column=text_pair_column, batch_size=batch_size,
                   device=device, precision=precision, delimiter=delimiter, no_quoting=no_quoting,
-                  no_header=no_header, encoding=encoding)
+                  no_header=no_header, encoding=encoding, long_input=long_input, stride=stride,
+                  window_pooling=window_pooling)
     if quiet:
         result = predict_table(model, input, **kwargs)
     else:
@@ -107,4 +111,5 @@ def command(
         err_console.print(
             f"{len(result.rows)} rows predicted{where}; added {', '.join(result.added)}"
             + (f"; {result.truncated} truncated" if result.truncated else "")
+            + (f"; {result.windowed} split into windows" if result.windowed else "")
         )
