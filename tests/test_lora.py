@@ -261,3 +261,40 @@ def test_family_adapter_loads_in_peft(family, tmp_path, minilm_dir, data):
     ours, _ = load_classifier(adapter, device="cpu", precision="fp32").logits(TEXTS)
     theirs = peft_logits(base, adapter, TEXTS, 2)
     assert ours == pytest.approx(theirs, abs=1e-5)
+
+
+@pytest.mark.parametrize("task", ["token-classification", "question-answering"])
+def test_token_and_span_adapters_load_in_peft(task, tiny_model_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from test_family_commands import _conll, _squad
+    from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification, AutoTokenizer
+
+    from bertcli.checkpoint import load_checkpoint, load_into
+    from bertcli.heads import BertForQuestionAnswering, BertForTokenClassification
+    from bertcli.tasks.classification import finetune
+
+    ner = task == "token-classification"
+    src = _conll(tmp_path / "ner.conll", 8) if ner else _squad(tmp_path / "qa.json", 8)
+    extra = {} if ner else dict(doc_stride=16, max_query_length=16)
+    finetune(finetune_options(tiny_model_dir, tmp_path, task=task, train=str(src), lora_rank=4, lora_dropout=0.0,
+                              **extra))
+    adapter = tmp_path / "run"
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["task_type"] == ("TOKEN_CLS" if ner else "QUESTION_ANS")
+    assert cfg["modules_to_save"] == ["classifier" if ner else "qa_outputs"]
+    ckpt = load_checkpoint(adapter)
+    ours = (BertForTokenClassification(ckpt.config, ckpt.state["classifier.weight"].shape[0]) if ner
+            else BertForQuestionAnswering(ckpt.config))
+    load_into(ours, ckpt.state, str(adapter))
+    auto = AutoModelForTokenClassification if ner else AutoModelForQuestionAnswering
+    kwargs = {"num_labels": ours.classifier.out_features} if ner else {}
+    theirs = PeftModel.from_pretrained(auto.from_pretrained(str(tiny_model_dir), **kwargs), str(adapter)).eval()
+    x = AutoTokenizer.from_pretrained(str(adapter))(["where did anna fly ?", "anna flew to rome ."],
+                                                     return_tensors="pt", padding=True)
+    with torch.no_grad():
+        got = ours.eval()(x["input_ids"], x["attention_mask"], x["token_type_ids"])
+        want = theirs(**x)
+    pairs = [(got, want.logits)] if ner else [(got[0], want.start_logits), (got[1], want.end_logits)]
+    for a, b in pairs:
+        assert torch.allclose(a, b, atol=1e-5)

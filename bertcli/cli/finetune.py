@@ -24,7 +24,7 @@ EPILOG = """[bold]Examples[/]
 
   bertcli finetune --model runs/pretrained --task question-answering --train examples/data/qa_train.json --dev examples/data/qa_dev.json --max-length 384 --doc-stride 128 --lr 5e-5 --out runs/qa  [dim](SQuAD JSON; then bertcli predict --model runs/qa questions.json / bertcli answer)[/]
 
-  bertcli finetune --model all-MiniLM-L6-v2 --train sst2_train.tsv --dev sst2_dev.tsv --text-column sentence --label-column label --lora-rank 8 --out runs/sst2-lora  [dim](a PEFT adapter directory; bertcli predict --model runs/sst2-lora, bertcli merge-lora)[/]
+  bertcli finetune --model models/all-MiniLM-L6-v2 --train sst2_train.tsv --dev sst2_dev.tsv --text-column sentence --label-column label --lora-rank 8 --out runs/sst2-lora  [dim](a PEFT adapter directory; bertcli predict --model runs/sst2-lora, bertcli merge-lora)[/]
 
   bertcli finetune --model runs/pretrained --train docs.csv --text-column text --label-column label --long-input window --stride 128 --max-length 512 --out runs/docs
 
