@@ -420,8 +420,10 @@ def load_adapter(path: str | Path, weights: bool = True):
     bertcli = {**(meta.get("bertcli") or {}), "task": meta.get("task"), "adapter_of": str(base_dir)}
     if not meta.get("task"):
         bertcli.pop("task")
-        if "classifier.weight" in state and not hf_config.get("id2label"):
-            hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(state["classifier.weight"].shape[0])}
+        rows = state["classifier.weight"].shape[0] if "classifier.weight" in state else None
+        if rows is not None and len(hf_config.get("id2label") or {}) != rows:  # the base's (or no) label map
+            hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(rows)}
+            hf_config["label2id"] = {f"LABEL_{i}": i for i in range(rows)}
     home = path if (path / "tokenizer.json").is_file() else base_dir
     return Checkpoint(path=home, config=base.config, hf_config=hf_config, state=state, bertcli=bertcli,
                       sentence=base.sentence)

@@ -298,3 +298,34 @@ def test_token_and_span_adapters_load_in_peft(task, tiny_model_dir, tmp_path):
     pairs = [(got, want.logits)] if ner else [(got[0], want.start_logits), (got[1], want.end_logits)]
     for a, b in pairs:
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_an_adapter_made_by_peft_reads_in_bertcli(tiny_model_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bertcli.predict import load_classifier
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=3)
+    lora = LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=6, target_modules=["query", "value"],
+                      init_lora_weights=False)  # random B: a non-zero update
+    model = get_peft_model(base, lora).eval()
+    model.save_pretrained(str(tmp_path / "adapter"))
+    assert not (tmp_path / "adapter" / "tokenizer.json").exists()  # the tokenizer comes from the base
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    with torch.no_grad():
+        theirs = model(**tok(TEXTS, return_tensors="pt", padding=True)).logits.numpy()
+    clf = load_classifier(tmp_path / "adapter", device="cpu", precision="fp32")
+    ours, _ = clf.logits(TEXTS)
+    assert ours == pytest.approx(theirs, abs=1e-5)
+
+
+def test_albert_shared_layers_freeze_only_as_a_whole(tmp_path, minilm_dir, data):
+    from bertcli.errors import ConfigError
+    from bertcli.tasks.classification import finetune
+
+    base = family_model(tmp_path / "base", minilm_dir, "albert")  # 3 layers sharing one set of weights
+    with pytest.raises(ConfigError, match="shares layer weights"):
+        finetune(train_opts(base, tmp_path, data, freeze_layers=1))
