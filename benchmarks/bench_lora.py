@@ -49,6 +49,13 @@ def one(name: str, spec: dict, model_dir: str, out: Path, epochs: int) -> dict:
     ))
     cpu, wall = cpu_seconds() - c0, time.perf_counter() - t0
     weights = out / ("adapter_model.safetensors" if extra.get("lora_rank") else "model.safetensors")
+    if "trainable_parameters" not in summary:  # full fine-tuning: every weight of the model file
+        from math import prod
+
+        from bertcli.checkpoint import read_safetensors_header
+
+        n = sum(prod(t["shape"]) for t in read_safetensors_header(weights).values())
+        summary.update(trainable_parameters=n, parameters=n)
     return {"run": name, "lr": lr, "accuracy": summary["best_value"], "best_step": summary["best_step"],
             "steps": summary["steps"], "trainable": summary.get("trainable_parameters"),
             "parameters": summary.get("parameters"), "model_bytes": weights.stat().st_size,
@@ -84,8 +91,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        share = f" ({100 * r['trainable'] / r['parameters']:.2f}%)" if r["trainable"] else ""
-        trainable = f"{r['trainable'] or r['parameters'] or 0:,}{share}" if r["trainable"] else "all"
+        trainable = f"{r['trainable']:,} ({100 * r['trainable'] / r['parameters']:.2f}%)"
         ratio = f" ({r['cpu_s'] / full['cpu_s']:.2f}x)" if full and r is not full else ""
         lines.append(f"| {r['run']} | {r['lr']:g} | {r['accuracy']:.4f} | {trainable} | "
                      f"{r['model_bytes'] / 1e6:.2f} MB | {r['cpu_s']:.0f}{ratio} | {r['wall_s']:.0f} |")

@@ -105,7 +105,7 @@ def peft_logits(base: Path, adapter: Path, texts: list[str], num_labels: int):
 def lora_run(base: Path, tmp_path: Path, data: Path, **fields) -> Path:
     from bertcli.tasks.classification import finetune
 
-    finetune(train_opts(base, tmp_path, data, epochs=2, lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, **fields))
+    finetune(train_opts(base, tmp_path, data, lora_rank=4, lora_alpha=8.0, lora_dropout=0.0, **fields))
     return tmp_path / "run"
 
 
