@@ -336,7 +336,9 @@ def _base_dir(ref: Any, adapter: Path) -> Path:
     if not isinstance(ref, str) or not ref:
         raise CheckpointError(f"{where}: 'base_model_name_or_path' must name the base model's directory")
     for candidate in (Path(ref), adapter / ref):
-        if (candidate / "config.json").is_file():
+        if (candidate / "config.json").is_file() or is_adapter_dir(candidate):  # a plain checkpoint or an adapter
+            if candidate.resolve() == adapter.resolve():
+                break
             return candidate
     raise CheckpointError(f"{where}: the base model '{ref}' is not a checkpoint directory here; put the base "
                           f"model there or edit base_model_name_or_path to its directory")
@@ -390,11 +392,11 @@ def load_adapter(path: str | Path, weights: bool = True):
     """A PEFT LoRA adapter directory as a ``Checkpoint``: the base named in adapter_config.json with the
     adapter merged in (and the head of ``modules_to_save``), bertcli names, labels from bertcli_adapter.json."""
     from bertcli.checkpoint import (
-        WEIGHTS_NAME,
         Checkpoint,
         check_shapes,
         hf_to_ours,
         load_checkpoint,
+        ours_to_hf,
         read_weights,
     )
     from bertcli.config import read_json
@@ -405,7 +407,7 @@ def load_adapter(path: str | Path, weights: bool = True):
         raise CheckpointError(f"{path / ADAPTER_CONFIG}: not a LoRA adapter (peft_type must be \"LORA\")")
     scale = _scale(cfg, path / ADAPTER_CONFIG)
     base_dir = _base_dir(cfg.get("base_model_name_or_path"), path)
-    base = load_checkpoint(base_dir, weights=False)
+    base = load_checkpoint(base_dir, weights=weights)
     meta = read_json(path / ADAPTER_META, CheckpointError) if (path / ADAPTER_META).is_file() else {}
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path / ADAPTER_META}: expected a JSON object")
@@ -413,8 +415,8 @@ def load_adapter(path: str | Path, weights: bool = True):
     state: dict[str, Any] = {}
     if weights:
         wfile = path / ADAPTER_WEIGHTS
-        merged = merge_hf(read_weights(base_dir / WEIGHTS_NAME), read_weights(wfile), scale,
-                          _family_prefix(base.config), str(wfile))
+        base_hf = ours_to_hf(base.state, prefix=True, config=base.config)  # the base, checked, in HF names
+        merged = merge_hf(base_hf, read_weights(wfile), scale, _family_prefix(base.config), str(wfile))
         state = hf_to_ours(merged, source=str(wfile), config=base.config)
         check_shapes(state, base.config, str(wfile))
     bertcli = {**(meta.get("bertcli") or {}), "task": meta.get("task"), "adapter_of": str(base_dir)}

@@ -329,3 +329,34 @@ def test_albert_shared_layers_freeze_only_as_a_whole(tmp_path, minilm_dir, data)
     base = family_model(tmp_path / "base", minilm_dir, "albert")  # 3 layers sharing one set of weights
     with pytest.raises(ConfigError, match="shares layer weights"):
         finetune(train_opts(base, tmp_path, data, freeze_layers=1))
+
+
+def test_unsupported_adapter_features_are_located_errors(bert_lora, tmp_path):
+    import shutil
+
+    from bertcli.checkpoint import load_checkpoint
+    from bertcli.errors import CheckpointError
+
+    moved = tmp_path / "adapter"
+    shutil.copytree(bert_lora, moved, ignore=shutil.ignore_patterns("checkpoints"))
+    cfg = json.loads((moved / "adapter_config.json").read_text())
+    (moved / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
+    with pytest.raises(CheckpointError, match=r"adapter_config\.json: 'use_dora'"):
+        load_checkpoint(moved)
+    (moved / "adapter_config.json").write_text(json.dumps({**cfg, "r": 0}))
+    with pytest.raises(CheckpointError, match="'r' must be a positive integer"):
+        load_checkpoint(moved)
+
+
+def test_lora_on_top_of_an_adapter(bert_lora, tmp_path, data):
+    from bertcli.checkpoint import load_checkpoint
+    from bertcli.predict import load_classifier
+
+    second = lora_run(bert_lora, tmp_path, data, lora_targets="out")
+    assert json.loads((second / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        bert_lora.resolve())
+    first, both = load_checkpoint(bert_lora).state, load_checkpoint(second).state
+    assert first["bert.layers.0.attn.qkv.weight"].equal(both["bert.layers.0.attn.qkv.weight"])
+    assert not first["bert.layers.0.attn.out.weight"].equal(both["bert.layers.0.attn.out.weight"])
+    logits, _ = load_classifier(second, device="cpu", precision="fp32").logits(TEXTS)
+    assert logits.shape == (len(TEXTS), 2)
