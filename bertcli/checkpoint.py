@@ -499,7 +499,13 @@ def check_model_dir(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, weights: bool = True) -> Checkpoint:
-    """Read a checkpoint directory (bertcli's or Hugging Face's) and check it for consistency."""
+    """Read a checkpoint directory (bertcli's or Hugging Face's) and check it for consistency.
+
+    A PEFT LoRA adapter directory reads as its base model with the adapter merged (``bertcli.lora``)."""
+    if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
+        from bertcli.lora import load_adapter
+
+        return load_adapter(path, weights=weights)
     path = check_model_dir(path)
     hf = read_json(path / "config.json", CheckpointError)
     if not isinstance(hf, dict):

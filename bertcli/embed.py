@@ -74,6 +74,7 @@ class EmbedStats:
     max_length: int
     device: str
     precision: str
+    windowed: int = 0  # --long-input window: texts split into windows (their vectors: the windows' mean)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,10 +183,13 @@ def embed_poolings(
     device: str = "auto",
     precision: str = "auto",
     progress: bool | Callable[[int, int], None] = False,
+    long_input: str = "truncate",
+    stride: int = 128,
 ) -> tuple[dict[str, Any], EmbedStats]:
     """One encoder pass over ``texts``, pooled each way in ``poolings``: ({pooling: (N, H) float32 CPU tensor}, stats).
 
-    ``progress`` is True (a rich bar on stderr) or a callable ``(done, total)``.
+    ``progress`` is True (a rich bar on stderr) or a callable ``(done, total)``. ``long_input="window"``
+    embeds a long text as the mean of its overlapping windows' vectors (``bertcli.windows``).
     """
     import torch
     import torch.nn.functional as F
@@ -208,11 +212,17 @@ def embed_poolings(
         if not isinstance(t, str):
             raise DataError(f"text {i} is a {type(t).__name__}, not a string")
 
+    from bertcli.windows import check as check_windows
+    from bertcli.windows import combine, encode_texts
+
+    check_windows(long_input, stride)
     start = time.perf_counter()
-    ids, _, truncated = enc.tokenizer.encode_ids(texts, max_length=limit)
+    encoded = encode_texts(enc.tokenizer, texts, None, limit, long_input, stride)
+    ids, truncated, windowed = encoded.ids, encoded.truncated, encoded.windowed
     lengths = [len(x) for x in ids]
     batches = plan_batches(lengths, budget)
-    n, H, dev = len(texts), enc.dim, enc.device
+    n, H, dev = len(ids), enc.dim, enc.device  # n: rows (windows) to encode
+    texts_n, per_window_norm = len(texts), normalize and long_input == "truncate"
     out = {p: torch.empty((n, H), dtype=torch.float32, device=dev) for p in poolings}
     cuda = dev.type == "cuda"
 
@@ -236,7 +246,7 @@ def embed_poolings(
                 hidden = enc.model(input_ids, mask)  # (B, T, H); no mask inside when every row is full
                 for p in poolings:
                     vec = pool(hidden, mask, p).float()  # (B, H)
-                    if normalize:
+                    if per_window_norm:
                         vec = F.normalize(vec, dim=-1)
                     out[p].index_copy_(0, index, vec)
                 done += len(batch)
@@ -246,10 +256,14 @@ def embed_poolings(
         if bar is not None:
             bar.stop()
     result = {p: v.cpu() for p, v in out.items()}
+    if long_input != "truncate":  # one vector per text: the mean of its windows', then normalised
+        result = {p: combine(v, encoded.doc, texts_n, "mean") for p, v in result.items()}
+        if normalize:
+            result = {p: F.normalize(v, dim=-1) for p, v in result.items()}
     stats = EmbedStats(
-        count=n, dim=H, truncated=truncated, tokens=sum(lengths), batches=len(batches),
+        count=texts_n, dim=H, truncated=truncated, tokens=sum(lengths), batches=len(batches),
         seconds=time.perf_counter() - start, pooling=",".join(poolings), normalize=normalize,
-        max_length=limit, device=str(dev), precision=enc.precision,
+        max_length=limit, device=str(dev), precision=enc.precision, windowed=windowed,
     )
     return result, stats
 
@@ -266,13 +280,15 @@ def embed(
     precision: str = "auto",
     progress: bool | Callable[[int, int], None] = False,
     return_numpy: bool = False,
+    long_input: str = "truncate",
+    stride: int = 128,
 ) -> EmbedResult:
     """Like :func:`encode`, returning ``EmbedResult(vectors, stats)``."""
     enc = _as_encoder(model, device, precision)
     mode = pooling or enc.pooling
     vectors, stats = embed_poolings(
         texts, enc, [mode], normalize=normalize, max_length=max_length,
-        batch_tokens=batch_tokens, progress=progress,
+        batch_tokens=batch_tokens, progress=progress, long_input=long_input, stride=stride,
     )
     v = vectors[mode]
     return EmbedResult(v.numpy() if return_numpy else v, stats)
@@ -298,6 +314,7 @@ def merge_stats(parts: Sequence[EmbedStats], seconds: float | None = None) -> Em
         tokens=sum(p.tokens for p in parts), batches=sum(p.batches for p in parts),
         seconds=sum(p.seconds for p in parts) if seconds is None else seconds, pooling=first.pooling,
         normalize=first.normalize, max_length=first.max_length, device=first.device, precision=first.precision,
+        windowed=sum(p.windowed for p in parts),
     )
 
 

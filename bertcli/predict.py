@@ -30,16 +30,22 @@ class Classifier:
     max_length: int
     device: Any
     precision: str
+    long_input: str = "truncate"  # or "window" (bertcli.windows): the windows' logits pooled per text
+    stride: int = 128
+    window_pooling: str = "mean"
+    windowed: int = 0  # texts split into windows by the last logits() call
 
     def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
                progress=None) -> tuple[np.ndarray, int]:
         """(logits (N, K), number of truncated inputs)."""
         from bertcli.tasks.classification import batched_logits
+        from bertcli.windows import combine, encode_texts
 
-        ids, type_ids, truncated = self.tokenizer.encode_ids(texts, pairs, max_length=self.max_length)
-        out = batched_logits(self.model, ids, type_ids, pad_id=self.tokenizer.pad_id, batch_size=batch_size,
-                             device=self.device, precision=self.precision, progress=progress)
-        return out, truncated
+        enc = encode_texts(self.tokenizer, texts, pairs, self.max_length, self.long_input, self.stride)
+        out = batched_logits(self.model, enc.ids, enc.type_ids, pad_id=self.tokenizer.pad_id,
+                             batch_size=batch_size, device=self.device, precision=self.precision, progress=progress)
+        self.windowed = enc.windowed
+        return combine(out, enc.doc, len(texts), self.window_pooling), enc.truncated
 
 
 def load_classifier(model_dir: str | Path, device: str = "auto", precision: str = "auto",
@@ -87,7 +93,10 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
     model = BertForSequenceClassification(ckpt.config, rows)
     load_into(model, ckpt.state, str(ckpt.path))
     model.to(dev).eval()
-    return Classifier(model, tok, ckpt, regression, id2label, max_length, dev, prec)
+    saved = ckpt.bertcli  # a model trained on windows predicts on windows unless told otherwise
+    return Classifier(model, tok, ckpt, regression, id2label, max_length, dev, prec,
+                      long_input=saved.get("long_input") or "truncate", stride=int(saved.get("stride") or 128),
+                      window_pooling=saved.get("window_pooling") or "mean")
 
 
 @dataclass
@@ -97,6 +106,7 @@ class Predictions:
     added: list[str] = field(default_factory=list)
     truncated: int = 0
     regression: bool = False
+    windowed: int = 0
 
 
 def _free_name(name: str, taken: list[str]) -> str:
@@ -171,10 +181,11 @@ def predict_chunks(
         pairs = table.column(text_pair_column) if text_pair_column else None
         logits, truncated = clf.logits(texts, pairs, batch_size=batch_size,
                                        progress=_counter(report) if progress is not None else None)
-        return _label(clf, table.records(), logits, added), truncated
+        return _label(clf, table.records(), logits, added), truncated, clf.windowed
 
-    for _, (records, truncated) in run_chunks(source.chunks(size), step, total=source.total, progress=progress):
-        yield Predictions(columns + added, records, added, truncated, clf.regression)
+    for _, (records, truncated, windowed) in run_chunks(source.chunks(size), step, total=source.total,
+                                                        progress=progress):
+        yield Predictions(columns + added, records, added, truncated, clf.regression, windowed)
 
 
 def _counter(report):
@@ -221,22 +232,40 @@ def predict_table(
     progress=None,
     max_length: int | None = None,
     chunk_size: int | None = None,
+    long_input: str | None = None,
+    stride: int | None = None,
+    window_pooling: str | None = None,
 ) -> Predictions:
     """Predict every row of ``input`` (``-`` for stdin); returns the rows with the added columns.
+
+    ``long_input`` / ``stride`` / ``window_pooling`` default to the checkpoint's (as trained), else truncate.
 
     Everything is kept in memory; :func:`predict_chunks` streams instead (as ``bertcli predict`` does).
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     clf = classifier or load_classifier(model_dir, device, precision, max_length)
+    configure_windows(clf, long_input, stride, window_pooling)
     resolve_text_columns(clf, text_column, text_pair_column)
     with open_input(clf, input, delimiter=delimiter, no_quoting=no_quoting, no_header=no_header,
                     encoding=encoding) as source:
-        rows, truncated = [], 0
+        rows, truncated, windowed = [], 0, 0
         added = added_columns(clf, list(source.columns))
         columns = list(source.columns) + added
         for part in predict_chunks(clf, source, text_column=text_column, text_pair_column=text_pair_column,
                                    batch_size=batch_size, chunk_size=chunk_size, progress=progress):
             rows.extend(part.rows)
             truncated += part.truncated
-    return Predictions(columns, rows, added, truncated, clf.regression)
+            windowed += part.windowed
+    return Predictions(columns, rows, added, truncated, clf.regression, windowed)
+
+
+def configure_windows(clf: Classifier, long_input: str | None, stride: int | None,
+                      window_pooling: str | None) -> None:
+    """Override the checkpoint's long-input settings (as trained) where given; checked."""
+    from bertcli.windows import check as check_windows
+
+    for name, value in (("long_input", long_input), ("stride", stride), ("window_pooling", window_pooling)):
+        if value is not None:
+            setattr(clf, name, value)
+    check_windows(clf.long_input, clf.stride, clf.window_pooling)

@@ -355,6 +355,12 @@ class Tokenizer:
         encs = self._tok.encode_batch(inputs, add_special_tokens=True)
         return [e.ids for e in encs], [e.type_ids for e in encs], sum(1 for e in encs if e.overflowing)
 
+    def encode_untruncated(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text without special tokens or truncation (``bertcli.windows`` cuts them)."""
+        self._tok.no_truncation()
+        self._max_length = None
+        return [e.ids for e in self._tok.encode_batch([clean_text(t) for t in texts], add_special_tokens=False)]
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 

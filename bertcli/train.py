@@ -130,6 +130,18 @@ class Task:
         """kwargs for ``checkpoint.save_checkpoint`` besides the path."""
         raise NotImplementedError
 
+    def write_checkpoint(self, path, payload: dict, before_commit) -> None:
+        """Write a training checkpoint from ``checkpoint_payload``; ``before_commit(tmp)`` adds the trainer state."""
+        from bertcli.checkpoint import save_checkpoint
+
+        save_checkpoint(path, **payload, before_commit=before_commit)
+
+    def load_weights(self, model, path) -> None:
+        """Load a training checkpoint's weights into ``model`` (``--resume``)."""
+        from bertcli.checkpoint import WEIGHTS_NAME, load_checkpoint, load_into
+
+        load_into(model, load_checkpoint(path).state, str(Path(path) / WEIGHTS_NAME))
+
     def split_batch(self, batch, size: int) -> list:
         """Cut a micro-batch into pieces of at most ``size`` examples (``--auto-batch-size``).
 
@@ -591,13 +603,10 @@ class Trainer:
 
     def resume(self) -> None:
         """Exact resume: weights, optimizer, scaler, position and counters from the trainer state; then DDP."""
-        from bertcli.checkpoint import WEIGHTS_NAME, load_checkpoint, load_into
-
         run, args, resume_dir = self.run, self.args, self.resume_dir
         if resume_dir is not None:
             info, opt_tensors = read_trainer_state(resume_dir)
-            ckpt = load_checkpoint(resume_dir)
-            load_into(_unwrap(self.model), ckpt.state, str(resume_dir / WEIGHTS_NAME))
+            self.task.load_weights(_unwrap(self.model), resume_dir)
             _optimizer_from_files(self.optimizer, opt_tensors, info["optimizer"], str(resume_dir / STATE_DIR))
             if self.scaler is not None and info.get("scaler"):
                 self.scaler.load_state_dict(info["scaler"])
@@ -949,8 +958,6 @@ class Trainer:
         """Write ``checkpoints/step-N`` with its trainer state (rank 0), then prune to the last K and the best."""
         import torch
 
-        from bertcli.checkpoint import save_checkpoint
-
         run, args, out = self.run, self.args, self.out
         if pos >= len(self.batches):
             ep, pos = ep + 1, 0
@@ -968,8 +975,8 @@ class Trainer:
                 "task": self.task.name,
             }
             path = out / "checkpoints" / f"step-{at_step}"
-            save_checkpoint(path, **payload,
-                            before_commit=lambda tmp: write_trainer_state(tmp, self.optimizer, self.scaler, info))
+            self.task.write_checkpoint(path, payload,
+                                       lambda tmp: write_trainer_state(tmp, self.optimizer, self.scaler, info))
             if at_step not in self.saved_steps:
                 self.saved_steps.append(at_step)
             # prune only after the new checkpoint is in place

@@ -90,6 +90,8 @@ def command(
     max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate texts to N tokens (default: the checkpoint's max_seq_length, else max positions).")] = None,
     batch_tokens: BatchTokensOpt = None,
     chunk_size: ChunkSizeOpt = None,
+    long_input: Annotated[str, typer.Option("--long-input", help="truncate | window: a text longer than --max-length becomes the mean of its overlapping windows' vectors.")] = "truncate",
+    stride: Annotated[int, typer.Option("--stride", help="With --long-input window: tokens shared by consecutive windows.")] = 128,
     delimiter: DelimiterOpt = None,
     no_quoting: NoQuotingOpt = False,
     no_header: NoHeaderOpt = False,
@@ -114,7 +116,7 @@ def command(
         show = not quiet and source.total >= PROGRESS_MIN and sys.stderr.isatty()
         with progress_bar("embedding", source.total, enabled=show, unit="texts") as progress:
             s = embed_file(source, enc, output, pooling=pooling, normalize=normalize, max_length=max_length,
-                           batch_tokens=batch_tokens, chunk_size=chunk_size, progress=progress,
+                           batch_tokens=batch_tokens, chunk_size=chunk_size, long_input=long_input, stride=stride, progress=progress,
                            metadata={"model": model})
     summary = {"output": output, **s.to_dict()}
     if json_out and kind != "-":
@@ -124,7 +126,8 @@ def command(
         err_console.print(
             f"{s.count} text(s) -> {s.dim}-dim vectors ({s.pooling} pooling, "
             f"{'normalised' if s.normalize else 'not normalised'}, {s.precision} on {s.device}); "
-            f"{s.truncated} truncated to {s.max_length} tokens; {s.seconds:.2f}s ({rate:.0f} texts/s)"
+            + (f"{s.windowed} split into windows of" if long_input == "window" else f"{s.truncated} truncated to")
+            + f" {s.max_length} tokens; {s.seconds:.2f}s ({rate:.0f} texts/s)"
             + ("" if kind == "-" else f"; written to {output}"),
             soft_wrap=True,
         )

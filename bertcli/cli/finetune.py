@@ -28,6 +28,9 @@ EPILOG = """[bold]Examples[/]
   bertcli finetune --model runs/student --teacher runs/sst2-teacher --alpha 0.5 --temperature 2 --unlabelled more.tsv --train sst2.tsv --text-column sentence --label-column label --out runs/distilled  [dim](distillation: KL to the teacher + labels)[/]
 
   bertcli finetune --model runs/minilm-l3 --teacher all-MiniLM-L6-v2 --task sentence-embedding --train sentences.txt --out runs/minilm-l3-distilled  [dim](learn the teacher's embeddings, MSE; no labels)[/]
+  bertcli finetune --model models/all-MiniLM-L6-v2 --train sst2_train.tsv --dev sst2_dev.tsv --text-column sentence --label-column label --lora-rank 8 --out runs/sst2-lora  [dim](a PEFT adapter directory; bertcli predict --model runs/sst2-lora, bertcli merge-lora)[/]
+
+  bertcli finetune --model runs/pretrained --train docs.csv --text-column text --label-column label --long-input window --stride 128 --max-length 512 --out runs/docs
 
   bertcli finetune --config finetune.yaml --epochs 5     [dim](YAML keys are the option names; the command line wins)[/]
 
@@ -95,6 +98,18 @@ def command(
     temperature: Annotated[float | None, typer.Option("--temperature", help="Softmax temperature of the KL term (scaled by T^2). (default: 2.0)", show_default=False, rich_help_panel="Distillation")] = None,
     unlabelled: Annotated[str | None, typer.Option("--unlabelled", help="Table of extra rows (the same text columns, no labels) trained on the teacher's outputs only.", show_default=False, rich_help_panel="Distillation")] = None,
     teacher_cache: Annotated[str | None, typer.Option("--teacher-cache", help="Sentence embeddings: keep the teacher's embeddings of --train in this .safetensors file (reused while the sentences and the teacher are the same).", show_default=False, rich_help_panel="Distillation")] = None,
+    # ---- frozen layers, LoRA, long inputs (bertcli.lora, bertcli.windows)
+    freeze_embeddings: Annotated[bool | None, typer.Option("--freeze-embeddings", help="Do not train the embeddings.", show_default=False, rich_help_panel="Frozen layers and LoRA")] = None,
+    freeze_layers: Annotated[int | None, typer.Option("--freeze-layers", help="Do not train the bottom K layers.", show_default=False, rich_help_panel="Frozen layers and LoRA")] = None,
+    freeze_encoder: Annotated[bool | None, typer.Option("--freeze-encoder", help="Train the head only (a linear probe).", show_default=False, rich_help_panel="Frozen layers and LoRA")] = None,
+    lora_rank: Annotated[int | None, typer.Option("--lora-rank", help="Train rank-R LoRA adapters on the frozen encoder (and the head in full); OUT is a PEFT adapter directory. (default: 0, off)", show_default=False, rich_help_panel="Frozen layers and LoRA")] = None,
+    lora_alpha: Annotated[float | None, typer.Option("--lora-alpha", help="LoRA scaling alpha (the update is alpha / R * B A). (default: 2 x rank)", show_default=False, rich_help_panel="Frozen layers and LoRA")] = None,
+    lora_dropout: Annotated[float | None, typer.Option("--lora-dropout", help="Dropout on the adapters' input. (default: 0.1)", show_default=False, rich_help_panel="Frozen layers and LoRA")] = None,
+    lora_targets: Annotated[str | None, typer.Option("--lora-targets", help="Linear maps that get adapters: qkv, out (attention), up, down (feed-forward). (default: qkv,out,up,down)", show_default=False, rich_help_panel="Frozen layers and LoRA")] = None,
+    long_input: Annotated[str | None, typer.Option("--long-input", help="truncate | window: split a long text into overlapping windows labelled with its label; dev metrics per text. (default: truncate)", show_default=False, rich_help_panel="Long inputs")] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="Tokens shared by consecutive windows. (default: 128)", show_default=False, rich_help_panel="Long inputs")] = None,
+    window_pooling: Annotated[str | None, typer.Option("--window-pooling", help="mean | max of the windows' logits, for dev and test. (default: mean)", show_default=False, rich_help_panel="Long inputs")] = None,
+    # ----
     config: Annotated[str | None, typer.Option("--config", help="YAML file of options (keys: the option names).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
@@ -121,6 +136,9 @@ def command(
         "restarts": restarts, "report_to": report_to, "revision": revision,
         "teacher": teacher, "alpha": alpha, "temperature": temperature, "unlabelled": unlabelled,
         "teacher_cache": teacher_cache,
+        "freeze_embeddings": freeze_embeddings, "freeze_layers": freeze_layers, "freeze_encoder": freeze_encoder,
+        "lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "lora_targets": lora_targets,
+        "long_input": long_input, "stride": stride, "window_pooling": window_pooling,
         "quiet": True if quiet else None,
     }
     base = options_from_yaml(config) if config else FinetuneOptions()
@@ -144,7 +162,13 @@ def command(
     table.add_column("value")
     for split, n in summary["examples"].items():
         cut = summary["truncated"].get(split, 0)
+        if "windowed" in summary:  # --long-input window
+            table.add_row(split, f"{summary['texts'][split]} texts, {summary['windowed'][split]} split into "
+                                 f"windows of {summary['max_length']} tokens ({n} windows)")
+            continue
         table.add_row(split, f"{n} examples, {cut} truncated to {summary['max_length']} tokens")
+    if "trainable_parameters" in summary:
+        table.add_row("trainable", f"{summary['trainable_parameters']:,} of {summary['parameters']:,} parameters")
     for k, v in (summary.get("test") or {}).items():
         table.add_row(f"test {k}", f"{v:.4f}")
     table.add_row("model", str(opts.out))

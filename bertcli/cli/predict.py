@@ -50,6 +50,9 @@ def command(
     delimiter: Annotated[str | None, typer.Option("--delimiter", help="Input field delimiter (default: by extension).", show_default=False)] = None,
     no_quoting: Annotated[bool | None, typer.Option("--no-quoting/--quoting", help="Treat double quotes as text (default: as in training).", show_default=False)] = None,
     no_header: Annotated[bool | None, typer.Option("--no-header/--header", help="The input has no header row (default: as in training).", show_default=False)] = None,
+    long_input: Annotated[str | None, typer.Option("--long-input", help="truncate | window: a long text's prediction pools its overlapping windows' logits (default: as trained, else truncate).", show_default=False)] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="With --long-input window: tokens shared by consecutive windows (default: as trained, else 128).", show_default=False)] = None,
+    window_pooling: Annotated[str | None, typer.Option("--window-pooling", help="mean | max of the windows' logits (default: as trained, else mean).", show_default=False)] = None,
     encoding: EncodingOpt = "utf-8",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -81,6 +84,7 @@ def command(
     from bertcli.errors import DataError
     from bertcli.predict import (
         added_columns,
+        configure_windows,
         load_classifier,
         open_input,
         predict_chunks,
@@ -90,7 +94,8 @@ def command(
 
     check_chunk_size(chunk_size)
     clf = load_classifier(model, device, precision, max_length)
-    rows = truncated = 0
+    configure_windows(clf, long_input, stride, window_pooling)
+    rows = truncated = windowed = 0
     with open_input(clf, input, delimiter=delimiter, no_quoting=no_quoting, no_header=no_header,
                     encoding=encoding) as source:
         for name in resolve_text_columns(clf, text_column, text_pair_column):
@@ -118,6 +123,7 @@ def command(
                         writer.write(part.rows)
                     rows += len(part.rows)
                     truncated += part.truncated
+                    windowed += part.windowed
             if writer is not None:
                 writer.close()
         except OSError as exc:
@@ -133,4 +139,5 @@ def command(
         err_console.print(
             f"{rows} rows predicted{where}; added {', '.join(added)}"
             + (f"; {truncated} truncated" if truncated else "")
+            + (f"; {windowed} split into windows" if windowed else "")
         )

@@ -97,6 +97,17 @@ class FinetuneOptions:
     temperature: float = 2.0
     unlabelled: str | None = None
     teacher_cache: str | None = None  # sentence-embedding: the teacher's embeddings, safetensors
+    # frozen layers and LoRA (bertcli.lora); long inputs (bertcli.windows)
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    freeze_encoder: bool = False
+    lora_rank: int = 0  # 0: no LoRA
+    lora_alpha: float | None = None  # None: 2 x rank
+    lora_dropout: float = 0.1
+    lora_targets: str = "qkv,out,up,down"
+    long_input: str = "truncate"
+    stride: int = 128
+    window_pooling: str = "mean"
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -139,6 +150,11 @@ class FinetuneOptions:
         check = getattr(module, "validate_options", None)
         if check is not None and not (self.teacher and self.task == "sentence-embedding"):
             check(self)
+        from bertcli.lora import validate_options as check_adaptation
+        from bertcli.windows import validate_options as check_windows
+
+        check_adaptation(self)
+        check_windows(self)
 
     @property
     def lower_is_better(self) -> bool:
@@ -180,6 +196,9 @@ class Split:
     lines: list[int]
     truncated: int = 0
     lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    doc: np.ndarray | None = None  # --long-input window: the text of each window (rows are windows)
+    doc_labels: np.ndarray | None = None  # ... and the texts' labels
+    windowed: int = 0
 
     def __post_init__(self) -> None:
         self.lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
@@ -426,9 +445,24 @@ class SequenceClassificationTask(FinetuneTask):
         return self._encode(name, path, texts, pairs, raw, lines)
 
     def _encode(self, name, path, texts, pairs, raw, lines) -> Split:
+        from bertcli.windows import encode_texts
+
         labels = encode_labels(raw, lines, path, self.opts.task, self.label2id, self.opts.train)
-        ids, type_ids, truncated = self.tokenizer.encode_ids(texts, pairs, max_length=self.max_length)
-        return Split(name, path, ids, type_ids, labels, lines, truncated)
+        enc = encode_texts(self.tokenizer, texts, pairs, self.max_length, self.opts.long_input, self.opts.stride)
+        if self.opts.long_input == "truncate":
+            return Split(name, path, enc.ids, enc.type_ids, labels, lines, enc.truncated)
+        # every window carries its text's label; evaluation pools the windows back per text
+        return Split(name, path, enc.ids, enc.type_ids, labels[enc.doc], [lines[i] for i in enc.doc], 0,
+                     doc=enc.doc, doc_labels=labels, windowed=enc.windowed)
+
+    @property
+    def window_summary(self) -> dict[str, dict[str, int]]:
+        """--long-input window: split name -> texts split into windows, and the window counts."""
+        if self.opts.long_input != "window":
+            return {}
+        return {"windowed": {s.name: s.windowed for s in self.splits},
+                "texts": {s.name: len(s.doc_labels) for s in self.splits},
+                "windows": {s.name: len(s) for s in self.splits}}
 
     def test_metrics(self, path: str, device) -> dict[str, float]:
         """Metrics of the saved checkpoint at ``path`` on the test split."""
@@ -497,15 +531,21 @@ class SequenceClassificationTask(FinetuneTask):
         logits = batched_logits(model, split.ids, split.type_ids, pad_id=self.tokenizer.pad_id,
                                 batch_size=max(self.opts.batch_size * 2, 8), device=device,
                                 precision=self.precision)
+        labels = split.labels
+        if split.doc is not None:  # --long-input window: one prediction per text
+            from bertcli.windows import combine
+
+            labels = split.doc_labels
+            logits = combine(logits, split.doc, len(labels), self.opts.window_pooling)
         if self.regression:
             preds = logits[:, 0].astype(np.float64)
-            metrics = regression_metrics(split.labels, preds)
+            metrics = regression_metrics(labels, preds)
             metrics["loss"] = metrics["mse"]
             return metrics
-        metrics = classification_metrics(split.labels, logits.argmax(1), self.num_labels)
+        metrics = classification_metrics(labels, logits.argmax(1), self.num_labels)
         z = logits - logits.max(1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-        metrics["loss"] = float(-logp[np.arange(len(split)), split.labels].mean())
+        metrics["loss"] = float(-logp[np.arange(len(labels)), labels].mean())
         return metrics
 
     def checkpoint_payload(self, model) -> dict:
@@ -525,6 +565,8 @@ class SequenceClassificationTask(FinetuneTask):
             "no_quoting": self.opts.no_quoting,
             "no_header": self.opts.no_header,
         }
+        if self.opts.long_input == "window":  # predict windows the same way by default
+            bertcli.update(long_input="window", stride=self.opts.stride, window_pooling=self.opts.window_pooling)
         return {"state": model.state_dict(), "config": self.config, "tokenizer": self.tokenizer,
                 "task": self.name, "hf_extra": hf_extra, "bertcli": bertcli}
 
@@ -576,13 +618,16 @@ def finetune(opts: FinetuneOptions) -> dict[str, Any]:
 
 def _finetune(opts: FinetuneOptions) -> dict[str, Any]:
     from bertcli.device import resolve_device, resolve_precision
+    from bertcli.lora import adapt_task
     from bertcli.tasks.distillation import build_finetune_task
     from bertcli.train import fit
 
-    task = build_finetune_task(opts)
+    task = adapt_task(build_finetune_task(opts), opts)  # a teacher, frozen layers / LoRA, if asked
     device = resolve_device(opts.device)
     task.precision = resolve_precision(opts.precision, device)
     summary = dict(fit(task, train_args(opts)) or {})
+    summary.update(getattr(task, "adaptation_summary", {}))
+    summary.update(getattr(task, "window_summary", {}))
     summary["truncated"] = dict(task.truncated)
     summary["max_length"] = task.max_length
     summary["examples"] = {k: n for k, n in task.examples.items() if n}
