@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -74,3 +75,34 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def start_cli_server(*args: str, env: dict | None = None, timeout: float = 90):
+    """``python -m bertcli serve ARGS --port 0`` in a subprocess; (process, url, stderr lines so far)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "bertcli", "serve", *args, "--port", "0", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
+    lines: list[str] = []
+    found: dict = {}
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+            if m and "url" not in found:
+                found["url"] = m.group(1)
+
+    threading.Thread(target=read, daemon=True).start()
+    end = time.time() + timeout
+    while "url" not in found:
+        if proc.poll() is not None or time.time() > end:
+            proc.kill()
+            raise RuntimeError("bertcli serve did not start:\n" + "".join(lines))
+        time.sleep(0.05)
+    return proc, found["url"], lines
