@@ -41,9 +41,9 @@ from bertcli.embed import embed, load
 texts = json.load(open(sys.argv[1]))
 enc = load(sys.argv[2], device="cpu", precision="fp32")
 embed(texts[:256], enc)  # warm-up
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 r = embed(texts, enc)
-print(json.dumps({"seconds": time.perf_counter() - t, "texts": len(texts)}))
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c, "texts": len(texts)}))
 """
 
 
@@ -139,7 +139,7 @@ async def load(url: str, texts: list[str], clients: int, seconds: float, seed: i
         wall = time.perf_counter() - start
     lat.sort()
     ok = statuses.get(200, 0)
-    return {"texts_per_s": done_texts / wall, "requests": sum(statuses.values()), "ok": ok,
+    return {"texts_per_s": done_texts / wall, "texts": done_texts, "requests": sum(statuses.values()), "ok": ok,
             "errors": sum(statuses.values()) - ok + bad_rows, "statuses": statuses,
             "p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None, "wall": wall}
@@ -150,10 +150,13 @@ def offline(model: str, texts_file: str) -> dict:
     out = subprocess.run([PY, "-c", OFFLINE, texts_file, model], env=env, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     r["texts_per_s"] = r["texts"] / r["seconds"]
+    r["texts_per_cpu_s"] = r["texts"] / r["cpu_seconds"]
     return r
 
 
 def run_load(args, model: str, texts: list[str], logdir: Path) -> dict:
+    import psutil
+
     texts_file = logdir / "texts.json"
     texts_file.write_text(json.dumps(texts))
     res: dict = {"offline": []}
@@ -168,7 +171,11 @@ def run_load(args, model: str, texts: list[str], logdir: Path) -> dict:
             wait_ready(url, proc)
             asyncio.run(load(url, texts, args.clients, 3, seed=99))  # warm-up
             print(f"{name}: {args.seconds:.0f} s of load ...", flush=True)
+            ps = psutil.Process(proc.pid)
+            before = sum(ps.cpu_times()[:2])
             res[name] = asyncio.run(load(url, texts, args.clients, args.seconds))
+            res[name]["cpu_seconds"] = sum(ps.cpu_times()[:2]) - before
+            res[name]["texts_per_cpu_s"] = res[name]["texts"] / res[name]["cpu_seconds"]
             res[name]["exit_code"] = stop(proc)
         print(name, json.dumps(res[name]), flush=True)
     print("offline embed ...", flush=True)
@@ -258,20 +265,29 @@ def write(res: dict, args, path: Path) -> str:
     if "load" in res:
         L = res["load"]
         off = statistics.mean(o["texts_per_s"] for o in L["offline"])
+        off_cpu = statistics.mean(o["texts_per_cpu_s"] for o in L["offline"])
         lines += [f"## Load: {args.clients} concurrent clients, requests of 1-16 STS-B sentences, "
                   f"{args.seconds:.0f} s per server (loaded)", "",
-                  f"Offline `embed` (library, same sentences, {L['offline'][0]['texts']} texts): "
-                  + ", ".join(f"{o['texts_per_s']:.0f}" for o in L["offline"])
-                  + f" texts/s (before, after; mean {off:.0f}).", "",
-                  "| server | texts/s | vs offline embed | requests | errors | p50 ms | p99 ms |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  f"Offline `embed` (library, the same {L['offline'][0]['texts']} sentences), before and after: "
+                  + ", ".join(f"{o['texts_per_s']:.0f}" for o in L["offline"]) + " texts/s wall, "
+                  + ", ".join(f"{o['texts_per_cpu_s']:.0f}" for o in L["offline"])
+                  + f" texts per CPU-second (means {off:.0f} and {off_cpu:.0f}).", "",
+                  "Texts per CPU-second counts the server process's own CPU time (user + system, every thread) "
+                  "during the load window: on a machine shared with other jobs, wall-clock throughput measures "
+                  "how much of the machine a process wins (a process with more runnable threads wins more), "
+                  "CPU-time throughput measures the work each text costs.", "",
+                  "| server | texts/s wall | vs offline | texts / CPU-s | vs offline | requests | errors "
+                  "| p50 ms | p99 ms |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name in ("bertcli serve", "sentence-transformers app"):
             r = L[name]
-            lines.append(f"| {name} | {r['texts_per_s']:.0f} | {r['texts_per_s'] / off:.2f}x | {r['requests']} | "
+            lines.append(f"| {name} | {r['texts_per_s']:.0f} | {r['texts_per_s'] / off:.2f}x | "
+                         f"{r['texts_per_cpu_s']:.0f} | {r['texts_per_cpu_s'] / off_cpu:.2f}x | {r['requests']} | "
                          f"{r['errors']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")
         b, s = L["bertcli serve"], L["sentence-transformers app"]
-        lines += ["", f"bertcli serve / sentence-transformers app: {b['texts_per_s'] / s['texts_per_s']:.2f}x "
-                      f"throughput; statuses {b['statuses']} vs {s['statuses']}.", ""]
+        lines += ["", f"bertcli serve / sentence-transformers app: {b['texts_per_s'] / s['texts_per_s']:.2f}x wall, "
+                      f"{b['texts_per_cpu_s'] / s['texts_per_cpu_s']:.2f}x per CPU-second; "
+                      f"statuses {b['statuses']} vs {s['statuses']}.", ""]
     if "soak" in res:
         S = res["soak"]
         rss = [m for _, m in S["samples"]]

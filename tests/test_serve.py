@@ -136,7 +136,14 @@ def test_errors_are_the_clients_never_500(embed_server):
     assert "string or a list" in error_of(post(s, "/embed", {"texts": 5}), 422, "texts")
     error_of(post(s, "/embed", {"texts": []}), 422, "texts")
     error_of(post(s, "/embed", {"texts": ["a"], "pooling": "cls"}), 422, "pooling")
-    error_of(post(s, "/v1/embeddings", {"input": [[1, 2, 3]], "model": "m"}), 422, "input[0]")
+    assert "token arrays" in error_of(post(s, "/v1/embeddings", {"input": [[1, 2, 3]], "model": "m"}), 422, "input[0]")
+    assert "JSON object" in error_of(post(s, "/embed", [1, 2]), 422, "body")
+    error_of(httpx.post(s.url + "/embed", content=b'{"texts": ["a"]}', headers={"content-type": "text/plain"}), 422,
+             "body")
+    # lone surrogates and NUL characters are text like any other
+    lone = httpx.post(s.url + "/embed", content=b'{"texts": ["\\ud800 x", "a\\u0000b"]}',
+                      headers={"content-type": "application/json"})
+    assert lone.status_code == 200 and len(lone.json()["embeddings"]) == 2
     error_of(post(s, "/v1/embeddings", {"input": "a", "encoding_format": "int8"}), 422, "encoding_format")
     assert "--allow-dimensions" in error_of(post(s, "/v1/embeddings", {"input": "a", "dimensions": 8}), 422,
                                             "dimensions")

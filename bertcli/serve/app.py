@@ -85,7 +85,11 @@ def validation_message(errors: list[dict]) -> tuple[str, str]:
     if len(same) > 1 and where in TEXT_FIELDS:
         return f"{where}: should be a string or a list of strings", where
     msg = err.get("msg", "invalid")
-    if err.get("type") == "missing":
+    if where == "body":
+        return "the body must be a JSON object sent as Content-Type: application/json (see /docs)", "body"
+    if where.startswith("input[") and err.get("type") == "string_type":
+        msg = "should be a string (token arrays are not supported: send the text)"
+    elif err.get("type") == "missing":
         msg = "is required"
     elif err.get("type") == "extra_forbidden":
         msg = "is not a field of this request (see /docs)"
