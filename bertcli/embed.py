@@ -191,12 +191,7 @@ def embed_poolings(
     ``progress`` is True (a rich bar on stderr) or a callable ``(done, total)``. ``long_input="window"``
     embeds a long text as the mean of its overlapping windows' vectors (``bertcli.windows``).
     """
-    import torch
-    import torch.nn.functional as F
-
-    from bertcli.device import autocast
-    from bertcli.heads import pool
-    from bertcli.tokenizer import check_max_length, pad_batch
+    from bertcli.tokenizer import check_max_length
 
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings; wrap a single text in a list")
@@ -220,12 +215,8 @@ def embed_poolings(
     encoded = encode_texts(enc.tokenizer, texts, None, limit, long_input, stride)
     ids, truncated, windowed = encoded.ids, encoded.truncated, encoded.windowed
     lengths = [len(x) for x in ids]
-    batches = plan_batches(lengths, budget)
-    n, H, dev = len(ids), enc.dim, enc.device  # n: rows (windows) to encode
-    texts_n, per_window_norm = len(texts), normalize and long_input == "truncate"
-    out = {p: torch.empty((n, H), dtype=torch.float32, device=dev) for p in poolings}
-    cuda = dev.type == "cuda"
-
+    n, texts_n = len(ids), len(texts)  # n: rows (windows) to encode
+    per_window_norm = bool(normalize) and long_input == "truncate"
     bar = None
     report = progress if callable(progress) else None
     if progress is True:
@@ -233,25 +224,9 @@ def embed_poolings(
         bar.start()
         task = bar.add_task("embed", total=n)
         report = lambda done, total: bar.update(task, completed=done)  # noqa: E731
-    done = 0
     try:
-        with torch.inference_mode(), autocast(dev, enc.precision):
-            for batch in batches:
-                input_ids, mask, _ = pad_batch([ids[i] for i in batch], None, enc.tokenizer.pad_id)
-                index = torch.tensor(batch, dtype=torch.long)
-                if dev.type != "cpu":
-                    if cuda:
-                        input_ids, mask, index = (t.pin_memory() for t in (input_ids, mask, index))
-                    input_ids, mask, index = (t.to(dev, non_blocking=True) for t in (input_ids, mask, index))
-                hidden = enc.model(input_ids, mask)  # (B, T, H); no mask inside when every row is full
-                for p in poolings:
-                    vec = pool(hidden, mask, p).float()  # (B, H)
-                    if per_window_norm:
-                        vec = F.normalize(vec, dim=-1)
-                    out[p].index_copy_(0, index, vec)
-                done += len(batch)
-                if report is not None:
-                    report(done, n)
+        out, n_batches = embed_token_ids(ids, enc, poolings, normalize=per_window_norm, batch_tokens=budget,
+                                         progress=report)
     finally:
         if bar is not None:
             bar.stop()
@@ -259,13 +234,62 @@ def embed_poolings(
     if long_input != "truncate":  # one vector per text: the mean of its windows', then normalised
         result = {p: combine(v, encoded.doc, texts_n, "mean") for p, v in result.items()}
         if normalize:
+            import torch.nn.functional as F
+
             result = {p: F.normalize(v, dim=-1) for p, v in result.items()}
     stats = EmbedStats(
-        count=texts_n, dim=H, truncated=truncated, tokens=sum(lengths), batches=len(batches),
+        count=texts_n, dim=enc.dim, truncated=truncated, tokens=sum(lengths), batches=n_batches,
         seconds=time.perf_counter() - start, pooling=",".join(poolings), normalize=normalize,
-        max_length=limit, device=str(dev), precision=enc.precision, windowed=windowed,
+        max_length=limit, device=str(enc.device), precision=enc.precision, windowed=windowed,
     )
     return result, stats
+
+
+def embed_token_ids(
+    ids: Sequence[Sequence[int]],
+    enc: Encoder,
+    poolings: Sequence[str],
+    *,
+    normalize: bool,
+    batch_tokens: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Any], int]:
+    """The encoder pass over already tokenized texts: ({pooling: (N, H) float32 tensor on the device}, batches).
+
+    Length-sorted batches of at most ``batch_tokens`` padded tokens (:func:`plan_batches`), rows
+    scattered back to input order. :func:`embed_poolings` tokenizes and calls this; the HTTP server
+    tokenizes each request itself and calls this once per dynamic batch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from bertcli.device import autocast
+    from bertcli.heads import pool
+    from bertcli.tokenizer import pad_batch
+
+    batches = plan_batches([len(x) for x in ids], batch_tokens)
+    n, H, dev = len(ids), enc.dim, enc.device
+    out = {p: torch.empty((n, H), dtype=torch.float32, device=dev) for p in poolings}
+    cuda = dev.type == "cuda"
+    done = 0
+    with torch.inference_mode(), autocast(dev, enc.precision):
+        for batch in batches:
+            input_ids, mask, _ = pad_batch([ids[i] for i in batch], None, enc.tokenizer.pad_id)
+            index = torch.tensor(batch, dtype=torch.long)
+            if dev.type != "cpu":
+                if cuda:
+                    input_ids, mask, index = (t.pin_memory() for t in (input_ids, mask, index))
+                input_ids, mask, index = (t.to(dev, non_blocking=True) for t in (input_ids, mask, index))
+            hidden = enc.model(input_ids, mask)  # (B, T, H); no mask inside when every row is full
+            for p in poolings:
+                vec = pool(hidden, mask, p).float()  # (B, H)
+                if normalize:
+                    vec = F.normalize(vec, dim=-1)
+                out[p].index_copy_(0, index, vec)
+            done += len(batch)
+            if progress is not None:
+                progress(done, n)
+    return out, len(batches)
 
 
 def embed(
