@@ -126,6 +126,13 @@ class Task:
         """kwargs for ``checkpoint.save_checkpoint`` besides the path."""
         raise NotImplementedError
 
+    def load_state(self, model, checkpoint_dir) -> None:
+        """Load a training checkpoint's weights into ``model`` (``--resume``); override when the
+        payload is more than ``model.safetensors`` (ELECTRA's generator beside it)."""
+        from bertcli.checkpoint import WEIGHTS_NAME, load_checkpoint, load_into
+
+        load_into(model, load_checkpoint(checkpoint_dir).state, str(Path(checkpoint_dir) / WEIGHTS_NAME))
+
     def split_batch(self, batch, size: int) -> list:
         """Cut a micro-batch into pieces of at most ``size`` examples (``--auto-batch-size``).
 
@@ -582,13 +589,10 @@ class Trainer:
 
     def resume(self) -> None:
         """Exact resume: weights, optimizer, scaler, position and counters from the trainer state; then DDP."""
-        from bertcli.checkpoint import WEIGHTS_NAME, load_checkpoint, load_into
-
         run, args, resume_dir = self.run, self.args, self.resume_dir
         if resume_dir is not None:
             info, opt_tensors = read_trainer_state(resume_dir)
-            ckpt = load_checkpoint(resume_dir)
-            load_into(_unwrap(self.model), ckpt.state, str(resume_dir / WEIGHTS_NAME))
+            self.task.load_state(_unwrap(self.model), resume_dir)
             _optimizer_from_files(self.optimizer, opt_tensors, info["optimizer"], str(resume_dir / STATE_DIR))
             if self.scaler is not None and info.get("scaler"):
                 self.scaler.load_state_dict(info["scaler"])
