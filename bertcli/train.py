@@ -137,7 +137,8 @@ class Task:
         save_checkpoint(path, **payload, before_commit=before_commit)
 
     def load_weights(self, model, path) -> None:
-        """Load a training checkpoint's weights into ``model`` (``--resume``)."""
+        """Load a training checkpoint's weights into ``model`` (``--resume``); override when the
+        payload is more than ``model.safetensors`` (ELECTRA's generator beside it)."""
         from bertcli.checkpoint import WEIGHTS_NAME, load_checkpoint, load_into
 
         load_into(model, load_checkpoint(path).state, str(Path(path) / WEIGHTS_NAME))

@@ -27,6 +27,9 @@ EPILOG = """[bold]Examples[/]
 
   bertcli pretrain corpus/ --out runs/mini --resume auto          # continue a stopped run
 
+  bertcli pretrain corpus/ --tokenizer runs/vocab --objective electra --preset mini --out runs/electra
+      # runs/electra: the discriminator (ElectraForPreTraining), runs/electra/generator: ElectraForMaskedLM
+
   bertcli pretrain more-text/ --init-from runs/mini --max-steps 2000 --out runs/mini-more
 
   bertcli pretrain corpus/ --teacher runs/bert-base --student-layers 0,2,4,6,8,10 --max-time 3600 --out runs/distil  [dim](DistilBERT)[/]
@@ -53,7 +56,9 @@ def command(
     config: Annotated[str | None, typer.Option("--config", help="YAML with model:, data:, masking:, train: sections; flags win.", rich_help_panel=_M)] = None,
     init_from: Annotated[str | None, typer.Option("--init-from", help="Continue pretraining from this checkpoint.", rich_help_panel=_M)] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="bert (default), roberta, albert, electra, distilbert, deberta or modernbert: the family of the model built from scratch (ALBERT: embeddings 128, one shared layer group; ELECTRA: ELECTRA-small's shape; DeBERTa: DeBERTa-v3-small's (6 layers, hidden 768, 256 relative buckets); ModernBERT: 10 layers x 384, GeGLU, rotary, local attention, unpadded, 30% masking; a --preset wins).", rich_help_panel=_M)] = None,
-    objective: Annotated[str | None, typer.Option("--objective", help="mlm+nsp (BERT's default), mlm+sop (ALBERT's sentence order, its default) or mlm (RoBERTa-style packed sentences; the other families' default).", rich_help_panel=_D)] = None,
+    objective: Annotated[str | None, typer.Option("--objective", help="mlm+nsp (BERT's default), mlm+sop (ALBERT's sentence order, its default), mlm (RoBERTa-style packed sentences; the other families' default) or electra (replaced-token detection: a small generator fills the masks, the ELECTRA discriminator finds them; implies --arch electra).", rich_help_panel=_D)] = None,
+    generator_size: Annotated[float | None, typer.Option("--generator-size", help="electra: the generator's width as a share of the discriminator's (default 0.25; the paper: 1/4 to 1/3).", rich_help_panel=_D)] = None,
+    rtd_weight: Annotated[float | None, typer.Option("--rtd-weight", help="electra: weight of the replaced-token-detection loss against the generator's MLM loss (default 50).", rich_help_panel=_D)] = None,
     max_seq_length: Annotated[int | None, typer.Option("--max-seq-length", help="Tokens per example (default 128).", rich_help_panel=_D)] = None,
     short_seq_prob: Annotated[float | None, typer.Option("--short-seq-prob", help="Share of shorter NSP examples (default 0.1).", rich_help_panel=_D)] = None,
     eval_fraction: Annotated[float | None, typer.Option("--eval-fraction", help="Share of documents held out for evaluation (default 0.02).", rich_help_panel=_D)] = None,
@@ -94,7 +99,7 @@ def command(
     alpha_mlm: Annotated[float, typer.Option("--alpha-mlm", help="Weight of the student's MLM loss.", rich_help_panel=_K)] = 2.0,
     alpha_cos: Annotated[float, typer.Option("--alpha-cos", help="Weight of the cosine loss between the last hidden states.", rich_help_panel=_K)] = 1.0,
 ) -> None:
-    """Pretrain a BERT-family encoder with masked-language modelling (and next-sentence or sentence-order prediction) on text files."""
+    """Pretrain a BERT-family encoder with masked-language modelling (and next-sentence or sentence-order prediction) or ELECTRA's replaced-token detection on text files."""
     from bertcli.locks import run_lock
     from bertcli.paths import check_outputs
     from bertcli.tasks.pretraining import PretrainConfig, build_pretraining
@@ -134,7 +139,8 @@ def command(
                 raise ConfigError("--student-layers picks the teacher layers a student starts from: give --teacher DIR")
             task, args = build_pretraining(corpus, out, tokenizer=tokenizer, preset=preset, arch=arch, config=cfg,
                                            init_from=init_from, data_overrides=data, masking_overrides=masking,
-                                           train_overrides=train, log=log)
+                                           train_overrides=train, log=log,
+                                           electra_overrides=dict(generator_size=generator_size, rtd_weight=rtd_weight))
         s = task.summary
         log(f"corpus: {s['files']} file(s), {s['documents']:,} documents ({s['heldout_documents']:,} held out), "
             f"{s['tokens']:,} tokens; objective {task.data.objective}; model {task.config.num_layers} layers, "

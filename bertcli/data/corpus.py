@@ -38,7 +38,7 @@ import numpy as np
 from bertcli.data.text import expand_paths, read_text
 from bertcli.errors import ConfigError, DataError
 
-OBJECTIVES = ("mlm+nsp", "mlm+sop", "mlm")
+OBJECTIVES = ("mlm+nsp", "mlm+sop", "mlm", "electra")  # electra: replaced-token detection (tasks/electra.py)
 PAIR_OBJECTIVES = ("mlm+nsp", "mlm+sop")  # a sentence-pair head on the pooler (label in Example.nsp)
 DOCUMENT_MODES = ("blank-line", "file")
 CACHE_VERSION = 1

@@ -17,7 +17,7 @@ from bertcli.data.corpus import DOCUMENT_MODES, OBJECTIVES, PAIR_OBJECTIVES
 from bertcli.errors import ConfigError, TokenizerError
 from bertcli.train import Task, TrainArgs
 
-YAML_SECTIONS = ("model", "data", "masking", "train")
+YAML_SECTIONS = ("model", "data", "masking", "train", "electra")
 # what each family pretrains with by default (BERT: NSP, ALBERT: sentence order, the rest: MLM alone)
 DEFAULT_OBJECTIVES = {"bert": "mlm+nsp", "albert": "mlm+sop"}
 PAIR_FAMILIES = ("bert", "albert")  # the families with a sentence-pair head in *ForPreTraining
@@ -27,7 +27,7 @@ DEFAULT_MASK_PROBS = {"modernbert": 0.3}
 
 @dataclass
 class DataOptions:
-    objective: str | None = None       # mlm+nsp | mlm+sop | mlm; None = the family's (DEFAULT_OBJECTIVES)
+    objective: str | None = None       # mlm+nsp | mlm+sop | mlm | electra; None = the family's (DEFAULT_OBJECTIVES)
     max_seq_length: int = 128
     short_seq_prob: float = 0.1
     eval_fraction: float = 0.02        # share of documents held out for evaluation
@@ -68,6 +68,21 @@ class MaskingOptions:
 
 
 @dataclass
+class ElectraOptions:
+    """``--objective electra`` (bertcli/tasks/electra.py)."""
+
+    generator_size: float = 0.25   # generator width / discriminator width (hidden, heads, intermediate)
+    rtd_weight: float = 50.0       # weight of the discriminator's loss (Clark et al. 2020)
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if not 0.0 < self.generator_size <= 1.0:
+            raise ConfigError(f"electra option 'generator_size' must be in (0, 1], got {self.generator_size}")
+        if not (self.rtd_weight > 0.0 and math.isfinite(self.rtd_weight)):
+            raise ConfigError(f"electra option 'rtd_weight' must be a positive number, got {self.rtd_weight}")
+
+
+@dataclass
 class PretrainConfig:
     """Everything ``pretrain`` needs besides the corpus and the output directory."""
 
@@ -75,6 +90,7 @@ class PretrainConfig:
     data: DataOptions = field(default_factory=DataOptions)
     masking: MaskingOptions = field(default_factory=MaskingOptions)
     train: dict[str, Any] = field(default_factory=dict)   # TrainArgs fields (without out)
+    electra: ElectraOptions = field(default_factory=ElectraOptions)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PretrainConfig:
@@ -96,6 +112,7 @@ class PretrainConfig:
             data=options_from_dict(DataOptions, dict(raw.get("data") or {}), f"{path}: data"),
             masking=options_from_dict(MaskingOptions, dict(raw.get("masking") or {}), f"{path}: masking"),
             train=train,
+            electra=options_from_dict(ElectraOptions, dict(raw.get("electra") or {}), f"{path}: electra"),
         )
 
 
@@ -105,8 +122,13 @@ PRETRAIN_DEFAULTS = {"lr": 1e-4, "batch_size": 32, "warmup": 0.06, "max_grad_nor
                      "best_metric": "mlm_loss", "greater_is_better": False}
 
 
-def resolve_train_args(out: str, config: PretrainConfig, overrides: dict[str, Any]) -> TrainArgs:
-    values = {**PRETRAIN_DEFAULTS, **config.train}
+# ELECTRA: OUT/ is the last discriminator (its held-out RTD loss rises as the generator gets better)
+ELECTRA_DEFAULTS = {**PRETRAIN_DEFAULTS, "best_metric": None}
+
+
+def resolve_train_args(out: str, config: PretrainConfig, overrides: dict[str, Any],
+                       defaults: dict[str, Any] = PRETRAIN_DEFAULTS) -> TrainArgs:
+    values = {**defaults, **config.train}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return options_from_dict(TrainArgs, {"out": out, **values}, "training options")
 
@@ -288,7 +310,8 @@ def build_pretraining(corpus: list[str], out: str, *, tokenizer: str | None = No
                       arch: str | None = None,
                       config: PretrainConfig | None = None, init_from: str | None = None,
                       data_overrides: dict | None = None, masking_overrides: dict | None = None,
-                      train_overrides: dict | None = None, log=None) -> tuple[PretrainingTask, TrainArgs]:
+                      train_overrides: dict | None = None, electra_overrides: dict | None = None,
+                      log=None) -> tuple[PretrainingTask, TrainArgs]:
     """Resolve options, load the tokenizer / init weights and the corpus; return (task, args)."""
     from bertcli.checkpoint import load_checkpoint
     from bertcli.tokenizer import Tokenizer
@@ -296,7 +319,10 @@ def build_pretraining(corpus: list[str], out: str, *, tokenizer: str | None = No
     config = config or PretrainConfig()
     data = merge_options(config.data, data_overrides or {})
     masking = merge_options(config.masking, masking_overrides or {})
-    args = resolve_train_args(out, config, train_overrides or {})
+    electra = data.objective == "electra"
+    args = resolve_train_args(out, config, train_overrides or {}, ELECTRA_DEFAULTS if electra else PRETRAIN_DEFAULTS)
+    if electra and arch is None and init_from is None and "arch" not in config.model and "family" not in config.model:
+        arch = "electra"  # the discriminator is an ELECTRA
 
     init_state = None
     if init_from is not None:
@@ -331,13 +357,25 @@ def build_pretraining(corpus: list[str], out: str, *, tokenizer: str | None = No
         model.setdefault("pad_token_id", tok.pad_id)
         model_cfg = BertConfig.from_dict(model, source="model config")
     cache_dir = data.cache_dir or str(Path(out) / "cache")
-    task = PretrainingTask(corpus, tok, model_cfg, data, masking, cache_dir, init_state=init_state,
-                           init_source=init_from, log=log)
+    if electra:
+        from bertcli.tasks.electra import GENERATOR_DIR, ElectraPretrainingTask
+
+        init_gen = None
+        if init_from is not None and (Path(init_from) / GENERATOR_DIR).is_dir():
+            init_gen = load_checkpoint(Path(init_from) / GENERATOR_DIR).state
+        task = ElectraPretrainingTask(corpus, tok, model_cfg, data, masking, cache_dir, init_state=init_state,
+                                      init_source=init_from, log=log, init_generator=init_gen,
+                                      electra=merge_options(config.electra, electra_overrides or {}))
+    else:
+        task = PretrainingTask(corpus, tok, model_cfg, data, masking, cache_dir, init_state=init_state,
+                               init_source=init_from, log=log)
     task.run_config = {
         "corpus": [str(c) for c in corpus], "tokenizer": tokenizer, "init_from": init_from,
         "model": model_cfg.to_dict(), "data": dataclasses.asdict(data), "masking": dataclasses.asdict(task.masking),
         "corpus_summary": task.summary,
     }
+    if electra:
+        task.run_config["electra"] = {**dataclasses.asdict(task.electra), "generator": task.gen_config.to_dict()}
     return task, args
 
 
