@@ -53,7 +53,7 @@ def run(vocab, tmp_path_factory):
 
 def _trained(task, out):
     model = task.build_model()
-    task.load_state(model, out)
+    task.load_weights(model, out)
     return model.eval()
 
 
