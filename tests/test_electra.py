@@ -60,7 +60,6 @@ def _trained(task, out):
 def test_both_losses_fall_and_metrics(run):
     out, task, before = run
     after = task.evaluate(_trained(task, out), torch.device("cpu"))
-    print(before, after)
     assert after["mlm_loss"] < before["mlm_loss"] - 0.1
     assert after["rtd_loss"] < before["rtd_loss"] - 0.1
     assert 0.0 < after["replaced_fraction"] < 0.2  # about mask_prob x (1 - the generator's hit rate)
