@@ -23,7 +23,11 @@ def tiny_task_model(out: Path, tokenizer_dir: Path, task: str, *, labels=None, b
 
     from bertcli.checkpoint import save_checkpoint
     from bertcli.config import BertConfig
-    from bertcli.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+    from bertcli.heads import (
+        BertForQuestionAnswering,
+        BertForSequenceClassification,
+        BertForTokenClassification,
+    )
     from bertcli.tokenizer import Tokenizer
 
     tok = Tokenizer.load(tokenizer_dir)

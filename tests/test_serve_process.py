@@ -93,7 +93,7 @@ def test_sigterm_finishes_requests_in_flight(tiny_model_dir):
         t.join(60)
     assert proc.wait(60) == 0, "".join(lines)
     assert sorted(results) == list(range(6))
-    for i, r in results.items():
+    for r in results.values():
         assert r.status_code == 200, r.text
         assert len(r.json()["embeddings"]) == 2
     with pytest.raises(httpx.ConnectError):
