@@ -271,3 +271,41 @@ def test_another_model_copy_matches(built, tiny_model_dir, tmp_path):
     other = make_tiny_model(tmp_path / "other", Path(tiny_model_dir), seed=1)
     with pytest.raises(Exception, match="built with another model"):
         check_model(open_index(built), other)
+
+
+def test_mine_negatives_skips_positives_and_trains_mnrl(cli, corpus, built, tmp_path):
+    import csv
+
+    from bertcli.retrieval.beir import load_qrels, load_queries
+    from bertcli.retrieval.negatives import mine_negatives
+    from bertcli.retrieval.search import search
+
+    queries = load_queries(corpus / "queries.jsonl")
+    qrels = load_qrels(corpus / "qrels.tsv")
+    qrels["q0"]["d5"] = 2  # two positives for q0, the higher one first
+    rows = mine_negatives(built, queries, qrels, per_query=3, skip_top=1, device="cpu", precision="fp32")
+    assert len(rows) == 15
+    run = search(built, queries, top_k=10, device="cpu", precision="fp32")
+    for qid in queries:
+        mine = [r for r in rows if r["query_id"] == qid]
+        expected = [d for d in run[qid] if d not in qrels[qid]][1:4]
+        assert [r["negative_id"] for r in mine] == expected
+        assert all(r["positive_id"] in qrels[qid] and r["query"] == queries[qid] for r in mine)
+    assert [r["positive_id"] for r in rows if r["query_id"] == "q0"] == ["d5", "d0", "d5"]
+    res = cli("mine-negatives", "--index", built, "--queries", corpus / "queries.jsonl", "--qrels",
+              corpus / "qrels.tsv", "--out", tmp_path / "triples.csv", "--per-query", "2", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "triples.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 10 and list(table[0])[:3] == ["query", "positive", "negative"]
+    from conftest import finetune_cli
+
+    summary = finetune_cli("--model", _model_of(built),
+                           "--task", "sentence-embedding", "--loss", "mnrl", "--train", tmp_path / "triples.csv",
+                           "--text-column", "query", "--text-pair-column", "positive", "--negative-column",
+                           "negative", "--epochs", "1", "--batch-size", "4", "--out", tmp_path / "mnrl")
+    assert summary["examples"]["train"] == 10
+
+
+def _model_of(index_dir: Path) -> str:
+    return json.loads((index_dir / "manifest.json").read_text())["model"]
