@@ -470,3 +470,43 @@ def _commit_distributed(manifest: dict[str, Any], first: int, todo: int, size: i
         count = min(size, todo - j * size)
         manifest["shards"].append({"vectors": f"{name}.safetensors", "docs": f"{name}.jsonl", "count": count})
         manifest["count"] += count
+
+
+def write_index(out: str | Path, vectors, docs: Sequence[dict[str, str]], model: str | Path, *,
+                pooling: str = "mean", normalize: bool = True, max_length: int = 512, dtype: str = "fp32",
+                query_prefix: str = "", doc_prefix: str = "", shard_size: int = 10_000) -> Index:
+    """An index from vectors computed elsewhere (``[N, D]`` array or tensor, row i for ``docs[i]``, each
+    ``{"_id", "title", "text"}``), for ``model``'s queries: the same files :func:`build_index` writes. ``out``
+    must not exist yet. Used to import vectors and by the benchmarks' synthetic indexes."""
+    import numpy as np
+
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"{out}: exists already; write_index makes a new index")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype}: valid values: {', '.join(DTYPES)}")
+    array = vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors)
+    if array.ndim != 2 or len(array) != len(docs):
+        raise DataError(f"expected [N, D] vectors for {len(docs)} documents, got shape {list(array.shape)}")
+    ids = [d["_id"] for d in docs]
+    if len(set(ids)) != len(ids):
+        from bertcli.retrieval.beir import _duplicates_error
+
+        seen: set[str] = set()
+        raise _duplicates_error(str(out), "document", [i for i in ids if i in seen or seen.add(i)])
+    out.mkdir(parents=True)
+    manifest = {
+        "format": FORMAT, "version": VERSION, "model": str(Path(model).resolve()),
+        "model_fingerprint": model_fingerprint(model), "pooling": pooling, "normalize": bool(normalize),
+        "max_length": int(max_length), "dim": int(array.shape[1]), "count": 0, "dtype": dtype,
+        "query_prefix": query_prefix, "doc_prefix": doc_prefix, "score": "cosine", "shards": [],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    for k, start in enumerate(range(0, len(docs), shard_size)):
+        part = [{"_id": d["_id"], "title": d.get("title", ""), "text": d.get("text", "")}
+                for d in docs[start:start + shard_size]]
+        shard = _write_shard(out, k, array[start:start + shard_size], part, dtype, {"model": manifest["model"]})
+        manifest["shards"].append(shard)
+        manifest["count"] += shard["count"]
+    write_manifest(out, manifest)
+    return Index(out, manifest)
