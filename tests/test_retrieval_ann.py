@@ -45,7 +45,9 @@ def test_hnsw_recall_and_cache(synthetic, monkeypatch):
     cached = list(idx.path.glob("ann-hnsw-*.faiss"))
     assert len(cached) == 1
     monkeypatch.setattr(faiss, "IndexHNSWFlat", None)  # a second search must read the cache, not build
-    s, r = ann_search(idx, queries, 5, "hnsw", ef_search=256)
+    from bertcli.retrieval.index import open_index
+
+    s, r = ann_search(open_index(idx.path), queries, 5, "hnsw", ef_search=256)
     es, er = search_vectors(idx, queries, 5)
     assert (r == er).float().mean() >= 0.95
     assert abs(float(s[0, 0]) - float(es[0, 0])) < 1e-5

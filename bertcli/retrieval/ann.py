@@ -11,7 +11,7 @@ Two kinds, both on inner products of L2-normalised vectors (= cosine, the exact 
 
 The FAISS index is built from the shards (one in memory at a time, plus the FAISS index itself) on first use and
 cached in the index directory as ``ann-<kind>-<parameters>-<count>.faiss`` (FAISS's own binary format, no
-pickle); appending documents changes the count, so the next search builds it anew. :func:`ann_recall` measures
+pickle) and held by the opened :class:`~bertcli.retrieval.index.Index` for its next searches; appending documents changes the count, so the next search builds it anew. :func:`ann_recall` measures
 recall@k against exact search on a sample of queries.
 """
 
@@ -67,7 +67,10 @@ def build_ann(index, kind: str, **params: Any):
     d = index.dim
     tag = "-".join(f"{k}{v}" for k, v in p.items() if k not in ("ef_search", "nprobe"))
     cache = Path(index.path) / f"ann-{kind}-{tag}-{index.count}.faiss"
-    if cache.is_file():
+    held = index.__dict__.setdefault("_ann", {})  # built or read once per opened Index
+    if cache.name in held:
+        ann = held[cache.name]
+    elif cache.is_file():
         ann = faiss.read_index(str(cache))
     elif kind == "hnsw":
         ann = faiss.IndexHNSWFlat(d, p["m"], faiss.METRIC_INNER_PRODUCT)
@@ -90,6 +93,7 @@ def build_ann(index, kind: str, **params: Any):
         ann.train(np.concatenate(sample))
         for block in _normalized_shards(index):
             ann.add(block)
+    held[cache.name] = ann
     if not cache.is_file():
         try:
             for old in Path(index.path).glob(f"ann-{kind}-*.faiss"):
