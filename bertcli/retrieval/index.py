@@ -273,18 +273,6 @@ class BuildStats:
         return asdict(self)
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world size) under torchrun (initialised process group or RANK/WORLD_SIZE), else (0, 1)."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:
-        pass
-    return 0, 1
-
-
 def _shard_name(k: int) -> str:
     return f"shard-{k:05d}"
 
@@ -367,7 +355,9 @@ def build_index(
         check_pooling(pooling)
     size = check_chunk_size(chunk_size)
     out = Path(out)
-    rank, world = _dist()
+    from bertcli.device import barrier, rank_world
+
+    rank, world = rank_world()
     start = time.perf_counter()
     manifest_path = out / MANIFEST
     if rank == 0 and out.exists() and not manifest_path.exists() and any(
@@ -419,7 +409,7 @@ def build_index(
         _check_ids(corpus, earlier)
         resumed = sum(s["count"] for s in manifest["shards"][first:])
         manifest["pending"] = {"sources": sources, "first_shard": first, "chunk_size": size}
-        _barrier()  # every rank has read the manifest before rank 0 rewrites it
+        barrier()  # every rank has read the manifest before rank 0 rewrites it
         if rank == 0:
             write_manifest(out, manifest)
         prefix, mode = manifest["doc_prefix"], manifest["pooling"]
@@ -450,9 +440,11 @@ def build_index(
                 write_manifest(out, manifest)
         if world > 1:
             _commit_distributed(manifest, k, todo, size)
+            parts = [_sum_over_ranks(merge_stats(parts) if parts else None)]
         if rank == 0:
             del manifest["pending"]
             write_manifest(out, manifest)
+    parts = [p for p in parts if p is not None]
     merged = merge_stats(parts, time.perf_counter() - start) if parts else None
     return BuildStats(
         added=sum(p.count for p in parts), resumed=resumed, count=manifest["count"],
@@ -463,17 +455,28 @@ def build_index(
     )
 
 
-def _barrier() -> None:
+def _sum_over_ranks(stats):
+    """The count, tokens and truncated texts of every rank's chunks, added up (gloo all-reduce)."""
+    import dataclasses
+
+    import torch
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    local = [stats.count, stats.tokens, stats.truncated] if stats is not None else [0, 0, 0]
+    t = torch.tensor(local, dtype=torch.long)
+    dist.all_reduce(t)
+    count, tokens, truncated = t.tolist()
+    if stats is None:
+        return None  # this rank embedded nothing (rank 0 always has the first chunk when there is work)
+    return dataclasses.replace(stats, count=count, tokens=tokens, truncated=truncated)
 
 
 def _commit_distributed(manifest: dict[str, Any], first: int, todo: int, size: int) -> None:
     """After every rank wrote its shards (a barrier): list all of them in the manifest, in input order. Shard j of
     this run is chunk j of the input, ``size`` documents (the last one the rest), whichever rank wrote it."""
-    _barrier()
+    from bertcli.device import barrier
+
+    barrier()
     for j in range(-(-todo // size)):
         name = _shard_name(first + j)
         count = min(size, todo - j * size)
