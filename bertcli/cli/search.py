@@ -34,7 +34,7 @@ IndexOpt = Annotated[str, typer.Option("--index", help="Index directory (from be
 QueriesOpt = Annotated[str | None, typer.Option("--queries", help="Queries file: BEIR queries.jsonl, a CSV/TSV/JSONL table, or one query per line.")]
 QueryIdColumnOpt = Annotated[str | None, typer.Option("--query-id-column", help="Column of --queries with the query id (default: _id, id, query-id or qid).")]
 QueryTextColumnOpt = Annotated[str | None, typer.Option("--query-text-column", help="Column of --queries with the query text (default: text, query or question).")]
-AnnOpt = Annotated[str | None, typer.Option("--ann", help="hnsw | ivf: approximate search with FAISS (pip install 'bertcli[ann]'), built once and cached in the index.", rich_help_panel="Approximate search")]
+AnnOpt = Annotated[str | None, typer.Option("--ann", help="hnsw | ivf: approximate search with FAISS (pip install 'bertcli\\[ann]'), built once and cached in the index.", rich_help_panel="Approximate search")]
 IndexModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Query encoder (default: the index's model; another model is an error).")]
 
 

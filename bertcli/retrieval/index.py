@@ -26,7 +26,9 @@ shards; rank 0 commits them to the manifest in input order, so the index is the 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -138,6 +140,8 @@ class Index:
         self._docs: dict[str, dict[str, str]] | None = None
         self._ids: list[str] | None = None
         self._blocks: list[Any] | None = None  # the shards' vectors, after preload()
+        self._rows: dict[str, int] | None = None
+        self._shard_docs: dict[int, list[dict[str, str]]] = {}
 
     @property
     def count(self) -> int:
@@ -165,25 +169,35 @@ class Index:
 
     @property
     def ids(self) -> list[str]:
-        """Document ids in index order (row i of :meth:`vectors` is ``ids[i]``)."""
+        """Document ids in index order (row i of :meth:`vectors` is ``ids[i]``); the texts are not kept."""
         if self._ids is None:
-            self._ids = [d["_id"] for d in self.documents().values()]
+            if self._docs is not None:
+                self._ids = list(self._docs)
+            else:
+                self._ids = [d["_id"] for shard in self.manifest["shards"] for d in self._read_docs(shard)]
         return self._ids
 
     def documents(self) -> dict[str, dict[str, str]]:
-        """``{doc_id: {"_id", "title", "text"}}`` in index order."""
+        """``{doc_id: {"_id", "title", "text"}}`` in index order (every document in memory)."""
         if self._docs is None:
-            docs: dict[str, dict[str, str]] = {}
-            for shard in self.manifest["shards"]:
-                for doc in self._read_docs(shard):
-                    docs[doc["_id"]] = {"_id": doc["_id"], "title": str(doc.get("title") or ""),
-                                        "text": str(doc.get("text") or "")}
-            self._docs = docs
+            self._docs = {d["_id"]: _doc(d) for shard in self.manifest["shards"] for d in self._read_docs(shard)}
         return self._docs
 
     def document(self, doc_id: str) -> dict[str, str]:
-        """The document ``{"_id", "title", "text"}`` with this id (``KeyError`` when absent)."""
-        return self.documents()[doc_id]
+        """The document ``{"_id", "title", "text"}`` with this id (``KeyError`` when absent). Only the shard that
+        holds it is read (the last few shards read are kept)."""
+        if self._docs is not None:
+            return self._docs[doc_id]
+        if self._rows is None:
+            self._rows = {i: r for r, i in enumerate(self.ids)}
+        row = self._rows[doc_id]
+        ends = list(itertools.accumulate(s["count"] for s in self.manifest["shards"]))
+        k = bisect.bisect_right(ends, row)
+        if k not in self._shard_docs:
+            if len(self._shard_docs) >= 8:
+                self._shard_docs.pop(next(iter(self._shard_docs)))
+            self._shard_docs[k] = [_doc(d) for d in self._read_docs(self.manifest["shards"][k])]
+        return self._shard_docs[k][row - (ends[k] - self.manifest["shards"][k]["count"])]
 
     def text(self, doc_id: str) -> str:
         """``title + " " + text``, stripped: the text BEIR gives a cross-encoder for this document."""
@@ -228,6 +242,10 @@ class Index:
 
         parts = [v for _, v in self.iter_vectors()]
         return torch.cat(parts) if parts else torch.empty((0, self.dim))
+
+
+def _doc(d: dict[str, Any]) -> dict[str, str]:
+    return {"_id": d["_id"], "title": str(d.get("title") or ""), "text": str(d.get("text") or "")}
 
 
 def open_index(path: str | Path) -> Index:
@@ -397,8 +415,9 @@ def build_index(
         resume_chunks = 0
         if pending is not None:
             if pending.get("sources") != sources:
-                raise ConfigError(f"{out}: an interrupted build of other inputs ({', '.join(s['path'] for s in pending.get('sources', [])[:3])}) "
-                                  f"is pending; rerun that command to finish it, or build into a new directory")
+                raise ConfigError(f"{out}: an interrupted build of other inputs (or of inputs changed since: "
+                                  f"{', '.join(s['path'] for s in pending.get('sources', [])[:3])}) is pending; rerun "
+                                  f"that command on the unchanged inputs to finish it, or build into a new directory")
             first = int(pending["first_shard"])
             size = int(pending["chunk_size"])
             resume_chunks = len(manifest["shards"]) - first
