@@ -111,8 +111,14 @@ def command(
     if pooling is not None:
         check_pooling(pooling)
     check_chunk_size(chunk_size)
+    import os
+
     from bertcli.cli._dist import distributed
 
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and (input == "-" or list(texts or []) == ["-"]):
+        from bertcli.errors import DataError
+
+        raise DataError("under torchrun every rank reads the input itself: give --input FILE, not stdin")
     with distributed() as rank, open_inputs(texts, input, column, delimiter, not no_quoting, not no_header,
                                             encoding) as source:
         enc = load(model, device=device, precision=precision)
