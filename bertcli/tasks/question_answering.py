@@ -181,14 +181,14 @@ def window_logits(model, windows: list[Window], *, pad_id: int, batch_size: int,
     """(start, end) float32 logits of every window (its own length), in the input order."""
     import torch
 
-    from bertcli.device import autocast
+    from bertcli.inference import forward_context
 
     lengths = np.fromiter((len(w.ids) for w in windows), dtype=np.int64, count=len(windows))
     out: list = [None] * len(windows)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), autocast(device, precision):
+        with torch.inference_mode(), forward_context(model, device, precision):
             for idx in sorted_batches(lengths, batch_size):
                 x, m, t = pad_windows([windows[i] for i in idx], pad_id)
                 start, end = model(x.to(device), m.to(device), t.to(device))
@@ -493,9 +493,11 @@ class QuestionAnswerer:
         check_window_options(self.max_length, self.doc_stride, self.max_query_length, self.max_answer_length,
                              self.n_best)
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device, inference=True)
         self.tokenizer = load_tokenizer(model_dir, ckpt.config.vocab_size)
-        self.model = model.to(self.device)
+        from bertcli.inference import prepare
+
+        self.model = prepare(model.to(self.device), self.device, self.precision)
 
     def answer(self, questions: list[str], contexts: list[str], *, top_k: int = 1, batch_size: int = 64,
                progress=None) -> list[list[Span]]:

@@ -211,14 +211,14 @@ def window_logits(model, windows: list[Window], *, pad_id: int, batch_size: int,
     """For every window, the (words, num_labels) float32 logits at its words' first wordpieces."""
     import torch
 
-    from bertcli.device import autocast
+    from bertcli.inference import forward_context
 
     lengths = np.fromiter((len(w.ids) for w in windows), dtype=np.int64, count=len(windows))
     out: list[np.ndarray | None] = [None] * len(windows)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), autocast(device, precision):
+        with torch.inference_mode(), forward_context(model, device, precision):
             for idx in sorted_batches(lengths, batch_size):
                 batch = [windows[i] for i in idx]
                 x, m, t, _ = pad_windows(batch, pad_id)
@@ -465,7 +465,7 @@ def load_tagger(model_dir, device: str = "auto", precision: str = "auto") -> Tag
     from bertcli.heads import BertForTokenClassification
 
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    prec = resolve_precision(precision, dev, inference=True)
     ckpt = load_checkpoint(model_dir)
     head = ckpt.state.get("classifier.weight")
     if head is None:
@@ -484,6 +484,9 @@ def load_tagger(model_dir, device: str = "auto", precision: str = "auto") -> Tag
     model = BertForTokenClassification(ckpt.config, rows)
     load_into(model, ckpt.state, str(ckpt.path))
     model.to(dev).eval()
+    from bertcli.inference import prepare
+
+    prepare(model, dev, prec)
     return Tagger(model, tok, id2label, max_length, dev, prec, ckpt.path)
 
 

@@ -1,0 +1,125 @@
+"""A loaded model made ready for inference at its precision, once, at load time.
+
+``prepare(model, device, precision)`` changes the model in place (it is never trained afterwards):
+
+- ``bf16`` on a CPU: every weight is cast to bf16 once (linear layers and embeddings run on the CPU's
+  bf16 matrix units with no per-call autocast casts), while LayerNorm keeps fp32 weights and computes in
+  fp32 (mixed-precision ``layer_norm``); callers pool and normalise the final hidden states in fp32.
+  The feed-forward's up projection and exact GELU become one oneDNN kernel (bias + GELU fused).
+- ``int8`` (CPU only): the encoder's linear layers but the feed-forward's down projection are quantised
+  dynamically (``torch.ao`` dynamic quantisation: int8 weights per output channel, activations quantised
+  per batch); everything else, the heads included, stays fp32. On a CPU with bf16 units, bf16 is both
+  faster and closer to fp32; int8 is for CPUs without them.
+- ``fp32``, and bf16 / fp16 on a GPU: nothing changes; the forward pass runs under autocast as before.
+
+:func:`forward_context` is the context a forward pass runs in: none for a prepared model, autocast for
+one that is not (a model being trained or evaluated during training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Measured on all-MiniLM-L6-v2 over the 10,566 distinct STS-B sentences (benchmarks/bench_embed.py,
+# benchmarks/results/inference.md); the tests check these bounds on real weights.
+BF16_MIN_COSINE = 0.999
+INT8_MIN_COSINE = 0.97
+INT8_HELP = "int8: CPU dynamic quantisation of the linear layers (measured: min cosine >= 0.97 to fp32 on MiniLM)"
+
+
+class FusedLinearGelu(nn.Module):
+    """``gelu(x @ W.T + b)`` (exact GELU) as one oneDNN kernel on bf16 weights."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "gelu", [], "none")
+
+
+def _fusable(ffn: nn.Module) -> bool:
+    act = getattr(ffn, "act", None)
+    return (isinstance(getattr(ffn, "up", None), nn.Linear) and isinstance(act, nn.GELU)
+            and act.approximate == "none" and type(ffn).__name__ == "FeedForward")
+
+
+def fused_gelu_available() -> bool:
+    """Whether oneDNN's fused linear + GELU runs here (a bf16 CPU build of torch with mkldnn)."""
+    global _FUSED_OK
+    if _FUSED_OK is None:
+        try:
+            x = torch.randn(2, 3, 8, dtype=torch.bfloat16)
+            lin = nn.Linear(8, 4).to(torch.bfloat16)
+            with torch.inference_mode():
+                y = torch.ops.mkldnn._linear_pointwise(x, lin.weight, lin.bias, "gelu", [], "none")
+                ref = F.gelu(lin(x).float())
+            _FUSED_OK = bool(torch.allclose(y.float(), ref, atol=0.05, rtol=0.05))
+        except (RuntimeError, AttributeError, NotImplementedError):
+            _FUSED_OK = False
+    return _FUSED_OK
+
+
+_FUSED_OK: bool | None = None
+
+
+def cast_bf16(model: nn.Module, fuse: bool = True) -> nn.Module:
+    """bf16 weights, fp32 LayerNorm (in place); the feed-forward's bias + GELU fused where oneDNN can."""
+    model.to(torch.bfloat16)
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.float()  # fp32 weights: layer_norm computes in fp32 on the bf16 input
+    if fuse and fused_gelu_available():
+        for module in model.modules():
+            if _fusable(module):
+                module.up = FusedLinearGelu(module.up)
+                module.act = nn.Identity()
+    return model
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """The encoder's linear layers as dynamic int8 (per-channel weights); heads stay fp32. In place."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    encoder = getattr(model, "bert", model)
+    # DeBERTa reads its qkv weight directly; the feed-forward's down projection reads GELU outputs whose
+    # outliers a per-batch int8 scale cannot hold (measured on MiniLM: min cosine 0.94 with it, 0.98 without)
+    skip = {f"{name}.qkv" for name, m in encoder.named_modules() if type(m).__name__ == "DisentangledAttention"}
+    spec = {name: per_channel_dynamic_qconfig for name, m in encoder.named_modules()
+            if isinstance(m, nn.Linear) and name not in skip and not name.endswith("ffn.down")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices, not the user's concern
+        quantized = quantize_dynamic(encoder, spec, dtype=torch.qint8, inplace=True)
+    if encoder is not model:
+        model.bert = quantized
+    return model
+
+
+def prepare(model: nn.Module, device, precision: str) -> nn.Module:
+    """Make ``model`` (eval mode, on ``device``) ready for inference at ``precision``; returns it."""
+    model.eval()
+    if precision == "int8":
+        if device.type != "cpu":
+            from bertcli.errors import DeviceError
+
+            raise DeviceError("--precision int8 runs on the CPU only; use --device cpu, or bf16 / fp16 on a GPU")
+        quantize_int8(model)
+        model.prepared_precision = "int8"
+    elif precision == "bf16" and device.type == "cpu":
+        cast_bf16(model)
+        model.prepared_precision = "bf16"
+    return model
+
+
+def forward_context(model: nn.Module, device, precision: str):
+    """No autocast for a model :func:`prepare` made ready (its weights are already at ``precision``)."""
+    from bertcli.device import autocast
+
+    if getattr(model, "prepared_precision", None) is not None:
+        return contextlib.nullcontext()
+    return autocast(device, precision)
