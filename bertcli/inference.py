@@ -29,7 +29,6 @@ from torch import nn
 # benchmarks/results/inference.md); the tests check these bounds on real weights.
 BF16_MIN_COSINE = 0.999
 INT8_MIN_COSINE = 0.97
-INT8_HELP = "int8: CPU dynamic quantisation of the linear layers (measured: min cosine >= 0.97 to fp32 on MiniLM)"
 
 
 class FusedLinearGelu(nn.Module):
@@ -114,6 +113,11 @@ def prepare(model: nn.Module, device, precision: str) -> nn.Module:
         cast_bf16(model)
         model.prepared_precision = "bf16"
     return model
+
+
+def rate(count: int, seconds: float, unit: str) -> str:
+    """Throughput for a command's summary: ``'1234 texts/s'``."""
+    return f"{count / seconds:.0f} {unit}/s" if seconds > 0 else f"- {unit}/s"
 
 
 def forward_context(model: nn.Module, device, precision: str):

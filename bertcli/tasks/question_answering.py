@@ -25,6 +25,7 @@ library entry point behind it and ``bertcli answer``.
 from __future__ import annotations
 
 import sys
+import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -542,6 +543,7 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
     squad = read_squad(input, labelled=False, encoding=encoding)
     questions = [q.question for q in squad.questions]
     contexts = [q.context for q in squad.questions]
+    started = time.perf_counter()
     if quiet:
         answers = qa.answer(questions, contexts, batch_size=batch_size)
     else:
@@ -552,6 +554,7 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
             job = bar.add_task("answer", total=None)
             answers = qa.answer(questions, contexts, batch_size=batch_size,
                                 progress=lambda n, total: bar.update(job, advance=n, total=total))
+    seconds = time.perf_counter() - started
     predictions = {q.id: spans[0].answer for q, spans in zip(squad.questions, answers, strict=True)}
     if json_out:
         for q, spans in zip(squad.questions, answers, strict=True):
@@ -567,7 +570,10 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
         sys.stdout.flush()
     if not quiet:
         where = f" -> {output}" if output != "-" else ""
-        line = f"{len(predictions)} questions answered{where}"
+        from bertcli.inference import rate
+
+        line = (f"{len(predictions)} questions answered{where} ({rate(len(predictions), seconds, 'questions')}, "
+                f"{qa.precision} on {qa.device})")
         if squad.has_answers:
             scored = [q for q in squad.questions if q.answers or q.impossible]
             m = squad_metrics(predictions, scored)

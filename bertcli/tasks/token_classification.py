@@ -29,6 +29,7 @@ the predicted tags of its words.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -548,6 +549,7 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
     tagger = load_tagger(model, device, precision)
     texts, lines, records = read_inputs(input, text_column=text_column, delimiter=delimiter, no_quoting=no_quoting,
                                         no_header=no_header, encoding=encoding)
+    started = time.perf_counter()
     if quiet:
         found, split = tagger.entities(texts, batch_size)
     else:
@@ -558,6 +560,7 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
             job = bar.add_task("predict", total=None)
             found, split = tagger.entities(
                 texts, batch_size, progress=lambda n, total: bar.update(job, advance=n, total=total))
+    seconds = time.perf_counter() - started
 
     objects = []
     for i, (text, line, ents) in enumerate(zip(texts, lines, found, strict=True)):
@@ -597,5 +600,8 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
         kinds = Counter(e["type"] for ents in found for e in ents)
         per = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
         where = f" -> {output}" if output != "-" else ""
+        from bertcli.inference import rate
+
         err_console.print(f"{len(texts)} texts, {sum(kinds.values())} entities" + (f" ({per})" if per else "")
+                          + f" ({rate(len(texts), seconds, 'texts')}, {tagger.precision} on {tagger.device})"
                           + where + (f"; {split} long texts tagged in several windows" if split else ""))
