@@ -126,4 +126,9 @@ def forward_context(model: nn.Module, device, precision: str):
 
     if getattr(model, "prepared_precision", None) is not None:
         return contextlib.nullcontext()
+    if precision == "int8":  # int8 is a property of the weights, not a context: never run fp32 in its name
+        from bertcli.errors import DeviceError
+
+        raise DeviceError("--precision int8 needs a model prepared for it: load it with precision='int8' "
+                          "(bertcli.embed.load, predict.load_classifier) or call bertcli.inference.prepare")
     return autocast(device, precision)

@@ -163,6 +163,12 @@ def test_int8_refused_for_training_and_off_the_cpu():
         resolve_precision("int8", torch.device("cuda"), inference=True)
 
 
+def test_int8_on_an_unprepared_model_is_refused():
+    model = _family_model("bert")
+    with pytest.raises(DeviceError, match="prepared"):
+        forward_context(model, CPU, "int8")
+
+
 def test_pretrain_refuses_int8(cli, tmp_path, tiny_model_dir):
     result = cli("pretrain", "examples/corpus", "--tokenizer", tiny_model_dir, "--preset", "tiny",
                  "--out", tmp_path / "run", "--max-steps", "1", "--precision", "int8")
@@ -184,12 +190,3 @@ def test_inference_help_states_the_measured_bounds(cli, command):
 
 def test_training_help_does_not_offer_int8(cli):
     assert "int8" not in cli("pretrain", "--help").output
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_embed_auto_close_to_fp32(minilm_dir, sentences):  # pragma: no cover - no GPU here
-    from bertcli import embed as E
-
-    ref = E.embed(sentences[:64], E.load(minilm_dir, device="cuda", precision="fp32")).vectors
-    fast = E.embed(sentences[:64], E.load(minilm_dir, device="cuda", precision="auto")).vectors
-    assert (fast * ref).sum(-1).min().item() >= BF16_MIN_COSINE
