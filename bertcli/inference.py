@@ -5,7 +5,8 @@
 - ``bf16`` on a CPU: every weight is cast to bf16 once (linear layers and embeddings run on the CPU's
   bf16 matrix units with no per-call autocast casts), while LayerNorm keeps fp32 weights and computes in
   fp32 (mixed-precision ``layer_norm``); callers pool and normalise the final hidden states in fp32.
-  The feed-forward's up projection and exact GELU become one oneDNN kernel (bias + GELU fused).
+  Every linear layer runs as one oneDNN kernel with its bias inside, the feed-forward's up projection
+  with its exact GELU fused too.
 - ``int8`` (CPU only): the encoder's linear layers but the feed-forward's down projection are quantised
   dynamically (``torch.ao`` dynamic quantisation: int8 weights per output channel, activations quantised
   per batch); everything else, the heads included, stays fp32. On a CPU with bf16 units, bf16 is both
@@ -31,15 +32,21 @@ BF16_MIN_COSINE = 0.999
 INT8_MIN_COSINE = 0.97
 
 
-class FusedLinearGelu(nn.Module):
-    """``gelu(x @ W.T + b)`` (exact GELU) as one oneDNN kernel on bf16 weights."""
+class OneDnnLinear(nn.Module):
+    """``x @ W.T + b`` on bf16 weights as one oneDNN kernel, bias inside (aten's bf16 ``addmm`` first copies
+    the bias into the output: measured 2.2 -> 1.5 ms for MiniLM's qkv on 2,048 tokens), optionally with
+    the exact GELU fused (``post="gelu"``). Keeps ``weight`` and ``bias`` (DeBERTa reads them)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, post: str = "none"):
         super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
+        self.weight, self.bias, self.post = linear.weight, linear.bias, post
+        self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "gelu", [], "none")
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.post, [], "none" if
+                                                  self.post == "gelu" else "")
+
+
 
 
 def _fusable(ffn: nn.Module) -> bool:
@@ -49,16 +56,20 @@ def _fusable(ffn: nn.Module) -> bool:
 
 
 def fused_gelu_available() -> bool:
-    """Whether oneDNN's fused linear + GELU runs here (a bf16 CPU build of torch with mkldnn)."""
+    """Whether oneDNN's linear (+ GELU) kernels run here (a CPU build of torch with mkldnn and bf16)."""
     global _FUSED_OK
     if _FUSED_OK is None:
         try:
-            x = torch.randn(2, 3, 8, dtype=torch.bfloat16)
+            torch.manual_seed(0)
             lin = nn.Linear(8, 4).to(torch.bfloat16)
             with torch.inference_mode():
-                y = torch.ops.mkldnn._linear_pointwise(x, lin.weight, lin.bias, "gelu", [], "none")
-                ref = F.gelu(lin(x).float())
-            _FUSED_OK = bool(torch.allclose(y.float(), ref, atol=0.05, rtol=0.05))
+                ok = True
+                for shape in ((2, 3, 8), (5, 8)):
+                    x = torch.randn(*shape, dtype=torch.bfloat16)
+                    ref = lin(x).float()
+                    ok &= torch.allclose(OneDnnLinear(lin)(x).float(), ref, atol=0.05, rtol=0.05)
+                    ok &= torch.allclose(OneDnnLinear(lin, "gelu")(x).float(), F.gelu(ref), atol=0.05, rtol=0.05)
+            _FUSED_OK = bool(ok)
         except (RuntimeError, AttributeError, NotImplementedError):
             _FUSED_OK = False
     return _FUSED_OK
@@ -68,16 +79,20 @@ _FUSED_OK: bool | None = None
 
 
 def cast_bf16(model: nn.Module, fuse: bool = True) -> nn.Module:
-    """bf16 weights, fp32 LayerNorm (in place); the feed-forward's bias + GELU fused where oneDNN can."""
+    """bf16 weights, fp32 LayerNorm (in place); linear layers as oneDNN kernels (bias inside, the
+    feed-forward's GELU fused) where oneDNN can."""
     model.to(torch.bfloat16)
     for module in model.modules():
         if isinstance(module, nn.LayerNorm):
             module.float()  # fp32 weights: layer_norm computes in fp32 on the bf16 input
     if fuse and fused_gelu_available():
-        for module in model.modules():
+        for module in list(model.modules()):
             if _fusable(module):
-                module.up = FusedLinearGelu(module.up)
+                module.up = OneDnnLinear(module.up, "gelu")
                 module.act = nn.Identity()
+            for name, child in list(module.named_children()):
+                if type(child) is nn.Linear:
+                    setattr(module, name, OneDnnLinear(child))
     return model
 
 

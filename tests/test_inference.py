@@ -17,7 +17,7 @@ from bertcli.errors import DeviceError
 from bertcli.inference import (
     BF16_MIN_COSINE,
     INT8_MIN_COSINE,
-    FusedLinearGelu,
+    OneDnnLinear,
     forward_context,
     fused_gelu_available,
     prepare,
@@ -66,7 +66,8 @@ def test_bf16_weights_cast_once_layernorm_kept_fp32(minilm_vectors):
     assert dtypes["layers.0.attn.qkv.weight"] == torch.bfloat16
     assert dtypes["embeddings.word.weight"] == torch.bfloat16
     if fused_gelu_available():
-        assert isinstance(model.layers[0].ffn.up, FusedLinearGelu)
+        assert isinstance(model.layers[0].ffn.up, OneDnnLinear) and model.layers[0].ffn.up.post == "gelu"
+        assert isinstance(model.layers[0].attn.qkv, OneDnnLinear) and model.layers[0].attn.qkv.post == "none"
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
@@ -77,17 +78,19 @@ def test_embed_identical_run_to_run(minilm_vectors, sentences, precision):
     assert torch.equal(embed(sentences, enc).vectors, first)
 
 
-def test_fused_linear_gelu_matches_linear_then_gelu():
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_matches_linear_and_gelu(bias):
     if not fused_gelu_available():
-        pytest.skip("oneDNN fused linear + GELU is not available in this torch build")
+        pytest.skip("oneDNN linear kernels are not available in this torch build")
     torch.manual_seed(0)
-    lin = torch.nn.Linear(32, 48).to(torch.bfloat16)
+    lin = torch.nn.Linear(32, 48, bias=bias).to(torch.bfloat16)
     x = torch.randn(3, 7, 32, dtype=torch.bfloat16)
     with torch.inference_mode():
-        fused = FusedLinearGelu(lin)(x).float()
-        ref = torch.nn.functional.gelu(lin(x).float())
-    assert fused.shape == (3, 7, 48)
-    assert (fused - ref).abs().max().item() < 0.05
+        ref = lin(x).float()
+        plain, fused = OneDnnLinear(lin)(x).float(), OneDnnLinear(lin, "gelu")(x).float()
+    assert plain.shape == fused.shape == (3, 7, 48)
+    assert (plain - ref).abs().max().item() < 0.05
+    assert (fused - torch.nn.functional.gelu(ref)).abs().max().item() < 0.05
 
 
 # ------------------------------------------------------------------ every family of the core
