@@ -47,8 +47,6 @@ class OneDnnLinear(nn.Module):
                                                   self.post == "gelu" else "")
 
 
-
-
 def _fusable(ffn: nn.Module) -> bool:
     act = getattr(ffn, "act", None)
     return (isinstance(getattr(ffn, "up", None), nn.Linear) and isinstance(act, nn.GELU)
