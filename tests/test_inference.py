@@ -194,3 +194,14 @@ def test_inference_help_states_the_measured_bounds(cli, command):
 
 def test_training_help_does_not_offer_int8(cli):
     assert "int8" not in cli("pretrain", "--help").output
+
+
+def test_auto_stays_fp32_on_a_cpu_without_bf16(monkeypatch, tiny_model_dir):
+    from bertcli import embed as E
+
+    monkeypatch.setattr("bertcli.device.cpu_has_native_bf16", lambda: False)
+    E._CACHE.clear()
+    enc = E.load(tiny_model_dir, device="cpu", precision="auto")
+    E._CACHE.clear()
+    assert enc.precision == "fp32" and getattr(enc.model, "prepared_precision", None) is None
+    assert all(p.dtype == torch.float32 for p in enc.model.parameters())
