@@ -144,5 +144,6 @@ def command(
             f"{rows} rows predicted{where} ({rate(rows, time.perf_counter() - started, 'rows')}, "
             f"{clf.precision} on {clf.device}); added {', '.join(added)}"
             + (f"; {truncated} truncated" if truncated else "")
-            + (f"; {windowed} split into windows" if windowed else "")
+            + (f"; {windowed} split into windows" if windowed else ""),
+            soft_wrap=True,
         )

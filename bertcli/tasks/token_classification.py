@@ -604,4 +604,5 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
 
         err_console.print(f"{len(texts)} texts, {sum(kinds.values())} entities" + (f" ({per})" if per else "")
                           + f" ({rate(len(texts), seconds, 'texts')}, {tagger.precision} on {tagger.device})"
-                          + where + (f"; {split} long texts tagged in several windows" if split else ""))
+                          + where + (f"; {split} long texts tagged in several windows" if split else ""),
+                          soft_wrap=True)
