@@ -13,6 +13,7 @@ from bertcli.errors import DeviceError
 
 DEVICE_CHOICES = "auto|cpu|cuda|cuda:N|mps"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: dynamic quantisation, inference on the CPU only
 
 
 def resolve_device(spec: str = "auto"):
@@ -57,14 +58,24 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(spec: str, device) -> str:
-    """Return 'fp32', 'bf16' or 'fp16' for ``spec`` on ``device``; refuse unsupported ones."""
+def resolve_precision(spec: str, device, inference: bool = False) -> str:
+    """Return 'fp32', 'bf16' or 'fp16' (or 'int8' where ``inference``) for ``spec`` on ``device``; refuse
+    unsupported ones. ``int8`` is for inference commands only: training refuses it."""
     import torch
 
     spec = (spec or "auto").lower()
-    if spec not in PRECISIONS:
-        raise DeviceError(f"--precision {spec}: valid values: {', '.join(PRECISIONS)}")
+    if spec == "int8" and not inference:
+        raise DeviceError("--precision int8 (dynamic int8 quantisation) is for inference only (embed, similarity, "
+                          "predict, answer, serve); train with --precision auto, bf16 or fp32")
+    valid = INFERENCE_PRECISIONS if inference else PRECISIONS
+    if spec not in valid:
+        raise DeviceError(f"--precision {spec}: valid values: {', '.join(valid)}")
     kind = device.type
+    if spec == "int8":
+        if kind != "cpu":
+            raise DeviceError(f"--precision int8 runs on the CPU only, not on {kind}; use --device cpu, "
+                              "or --precision auto on the GPU")
+        return spec
     if spec == "auto":
         if kind == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -90,7 +101,7 @@ def autocast(device, precision: str):
 
     import torch
 
-    if precision == "fp32":
+    if precision in ("fp32", "int8"):  # int8: quantised layers take fp32 activations
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch_dtype(precision))
 

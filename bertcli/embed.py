@@ -106,13 +106,15 @@ def load(model: str | Path, *, device: str = "auto", precision: str = "auto") ->
     from bertcli.device import resolve_device, resolve_precision
 
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    prec = resolve_precision(precision, dev, inference=True)
     key = (str(Path(model).resolve()), str(dev), prec)
     if key in _CACHE:
         return _CACHE[key]
     from bertcli.checkpoint import load_encoder
+    from bertcli.inference import prepare
 
     enc_model, tok, ckpt = load_encoder(model, dev)
+    prepare(enc_model, dev, prec)  # bf16 weights / int8 layers once, here, not per call
     encoder = _encoder_for(enc_model, tok, ckpt, dev, prec)
     _CACHE.clear()  # keep one model in memory, not every one ever used
     _CACHE[key] = encoder
@@ -126,7 +128,7 @@ def _as_encoder(model: Any, device: str, precision: str) -> Encoder:
         from bertcli.device import resolve_precision
 
         m, tok, ckpt = model
-        return _encoder_for(m.eval(), tok, ckpt, m.device, resolve_precision(precision, m.device))
+        return _encoder_for(m.eval(), tok, ckpt, m.device, resolve_precision(precision, m.device, inference=True))
     if isinstance(model, (str, Path)):
         return load(model, device=device, precision=precision)
     raise TypeError(f"model must be a checkpoint directory or an Encoder, not {type(model).__name__}")
@@ -263,8 +265,8 @@ def embed_token_ids(
     import torch
     import torch.nn.functional as F
 
-    from bertcli.device import autocast
     from bertcli.heads import pool
+    from bertcli.inference import forward_context
     from bertcli.tokenizer import pad_batch
 
     batches = plan_batches([len(x) for x in ids], batch_tokens)
@@ -272,7 +274,7 @@ def embed_token_ids(
     out = {p: torch.empty((n, H), dtype=torch.float32, device=dev) for p in poolings}
     cuda = dev.type == "cuda"
     done = 0
-    with torch.inference_mode(), autocast(dev, enc.precision):
+    with torch.inference_mode(), forward_context(enc.model, dev, enc.precision):
         for batch in batches:
             input_ids, mask, _ = pad_batch([ids[i] for i in batch], None, enc.tokenizer.pad_id)
             index = torch.tensor(batch, dtype=torch.long)
@@ -280,9 +282,9 @@ def embed_token_ids(
                 if cuda:
                     input_ids, mask, index = (t.pin_memory() for t in (input_ids, mask, index))
                 input_ids, mask, index = (t.to(dev, non_blocking=True) for t in (input_ids, mask, index))
-            hidden = enc.model(input_ids, mask)  # (B, T, H); no mask inside when every row is full
+            hidden = enc.model(input_ids, mask).float()  # (B, T, H); no mask inside when every row is full
             for p in poolings:
-                vec = pool(hidden, mask, p).float()  # (B, H)
+                vec = pool(hidden, mask, p)  # (B, H), pooled and normalised in fp32
                 if normalize:
                     vec = F.normalize(vec, dim=-1)
                 out[p].index_copy_(0, index, vec)

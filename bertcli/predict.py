@@ -57,7 +57,7 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
     from bertcli.heads import BertForSequenceClassification
 
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    prec = resolve_precision(precision, dev, inference=True)
     ckpt = load_checkpoint(model_dir)
     head = ckpt.state.get("classifier.weight")
     task = ckpt.bertcli.get("task")
@@ -93,6 +93,9 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
     model = BertForSequenceClassification(ckpt.config, rows)
     load_into(model, ckpt.state, str(ckpt.path))
     model.to(dev).eval()
+    from bertcli.inference import prepare
+
+    prepare(model, dev, prec)
     saved = ckpt.bertcli  # a model trained on windows predicts on windows unless told otherwise
     return Classifier(model, tok, ckpt, regression, id2label, max_length, dev, prec,
                       long_input=saved.get("long_input") or "truncate", stride=int(saved.get("stride") or 128),

@@ -414,19 +414,22 @@ def check_vocab(tokenizer: Tokenizer, vocab_size: int, source: str) -> None:
 
 def pad_batch(ids: list[list[int]], type_ids: list[list[int]] | None, pad_id: int, device=None):
     """Right-pad to the longest row: returns (input_ids, attention_mask, token_type_ids) tensors."""
+    import numpy as np
     import torch
 
     n = len(ids)
     T = max((len(x) for x in ids), default=0)
-    input_ids = torch.full((n, T), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, T), dtype=torch.long)
-    types = torch.zeros((n, T), dtype=torch.long)
+    # filled in numpy (one tensor per batch, not one small tensor and copy per row)
+    arr = np.full((n, T), pad_id, dtype=np.int64)
+    mask = np.zeros((n, T), dtype=np.int64)
+    kinds = np.zeros((n, T), dtype=np.int64)
     for i, row in enumerate(ids):
         L = len(row)
-        input_ids[i, :L] = torch.tensor(row, dtype=torch.long)
-        attention[i, :L] = 1
+        arr[i, :L] = row
+        mask[i, :L] = 1
         if type_ids is not None:
-            types[i, :L] = torch.tensor(type_ids[i], dtype=torch.long)
+            kinds[i, :L] = type_ids[i]
+    input_ids, attention, types = torch.from_numpy(arr), torch.from_numpy(mask), torch.from_numpy(kinds)
     if device is not None:
         return input_ids.to(device), attention.to(device), types.to(device)
     return input_ids, attention, types

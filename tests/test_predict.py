@@ -153,3 +153,18 @@ def test_label_map_vs_head_size(clf_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="maps 3 labels .* but the classifier head has 2 outputs"):
         load_classifier(bad, device="cpu")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_predict_fast_precisions_close_to_fp32_with_throughput(clf_dir, tmp_path, cli, precision):
+    src = tmp_path / "in.csv"
+    src.write_text("review\n" + "\n".join(POS + NEG) + "\n")
+    outs = {}
+    for p in ("fp32", precision):
+        out = tmp_path / f"{p}.csv"
+        result = cli("predict", "--model", clf_dir, src, "--output", out, "--device", "cpu", "--precision", p)
+        assert result.exit_code == 0, result.stderr
+        assert f"rows/s, {p} on cpu" in result.stderr
+        outs[p] = list(csv.DictReader(io.StringIO(out.read_text())))
+    for a, b in zip(outs["fp32"], outs[precision], strict=True):
+        assert abs(float(a["prob_pos"]) - float(b["prob_pos"])) < 0.05

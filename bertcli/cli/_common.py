@@ -64,6 +64,14 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|m
 PrecisionOpt = Annotated[
     str, typer.Option("--precision", help="auto|fp32|bf16|fp16 (auto: the fastest precision safe on the device).")
 ]
+# inference commands (embed, similarity, predict, answer, serve) also take int8; the bounds are measured
+# (benchmarks/results/inference.md) and checked in tests/test_inference.py
+InferencePrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="auto|fp32|bf16|fp16|int8. auto: the fastest precision safe on the device "
+                      "(on a CPU with bf16 units: bf16 weights, fp32 LayerNorm and pooling; min cosine to fp32 >= 0.999 "
+                      "on MiniLM). int8: CPU-only dynamic int8 quantisation of the linear layers (min cosine to fp32 "
+                      ">= 0.92 on MiniLM, STS-B Spearman -0.002); for CPUs without bf16 units.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Write JSON lines to stdout instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random choice.")]

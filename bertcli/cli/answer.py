@@ -9,9 +9,9 @@ import typer
 from bertcli.cli._common import (
     DeviceOpt,
     EncodingOpt,
+    InferencePrecisionOpt,
     JsonOpt,
     ModelOpt,
-    PrecisionOpt,
     cli_command,
     console,
     emit_json,
@@ -41,7 +41,7 @@ def command(
     max_answer_length: Annotated[int | None, typer.Option("--max-answer-length", help="Longest answer in tokens (default: as fine-tuned).", show_default=False)] = None,
     encoding: EncodingOpt = "utf-8",
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    precision: InferencePrecisionOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Answer a question about a context: the best span of the context, with its character offsets."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -12,9 +13,9 @@ from bertcli.cli._common import (
     ChunkSizeOpt,
     DeviceOpt,
     EncodingOpt,
+    InferencePrecisionOpt,
     JsonOpt,
     ModelOpt,
-    PrecisionOpt,
     QuietOpt,
     cli_command,
     emit_json,
@@ -55,7 +56,7 @@ def command(
     window_pooling: Annotated[str | None, typer.Option("--window-pooling", help="mean | max of the windows' logits (default: as trained, else mean).", show_default=False)] = None,
     encoding: EncodingOpt = "utf-8",
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    precision: InferencePrecisionOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -96,6 +97,7 @@ def command(
     clf = load_classifier(model, device, precision, max_length)
     configure_windows(clf, long_input, stride, window_pooling)
     rows = truncated = windowed = 0
+    started = time.perf_counter()
     with open_input(clf, input, delimiter=delimiter, no_quoting=no_quoting, no_header=no_header,
                     encoding=encoding) as source:
         for name in resolve_text_columns(clf, text_column, text_pair_column):
@@ -136,8 +138,12 @@ def command(
             raise
     if not quiet:
         where = "" if output == "-" or json_out else f" -> {output}"
+        from bertcli.inference import rate
+
         err_console.print(
-            f"{rows} rows predicted{where}; added {', '.join(added)}"
+            f"{rows} rows predicted{where} ({rate(rows, time.perf_counter() - started, 'rows')}, "
+            f"{clf.precision} on {clf.device}); added {', '.join(added)}"
             + (f"; {truncated} truncated" if truncated else "")
-            + (f"; {windowed} split into windows" if windowed else "")
+            + (f"; {windowed} split into windows" if windowed else ""),
+            soft_wrap=True,
         )

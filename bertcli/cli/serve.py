@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from bertcli.cli._common import DeviceOpt, ModelOpt, PrecisionOpt, cli_command, err_console
+from bertcli.cli._common import DeviceOpt, InferencePrecisionOpt, ModelOpt, cli_command, err_console
 
 NAME = "serve"
 ORDER = 70
@@ -48,7 +48,7 @@ def command(
     served_name: Annotated[str | None, typer.Option("--served-name", help="Model name in /info and responses (default: the directory name).", show_default=False)] = None,
     no_access_log: Annotated[bool, typer.Option("--no-access-log", help="No JSON access log lines on stderr.")] = False,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    precision: InferencePrecisionOpt = "auto",
 ) -> None:
     """Serve a model over HTTP: embeddings (OpenAI-compatible), similarity, predictions, answers, reranking."""
     from bertcli.serve import require_extra, serve

@@ -12,9 +12,9 @@ from bertcli.cli._common import (
     ChunkSizeOpt,
     DeviceOpt,
     EncodingOpt,
+    InferencePrecisionOpt,
     JsonOpt,
     ModelOpt,
-    PrecisionOpt,
     QuietOpt,
     cli_command,
     console,
@@ -88,7 +88,7 @@ def command(
     no_header: NoHeaderOpt = False,
     encoding: EncodingOpt = "utf-8",
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    precision: InferencePrecisionOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -229,7 +229,8 @@ def _pairs(model, path, a_column, b_column, gold_column, output, poolings, max_l
     out_console.print(t)
     if not quiet:
         err_console.print(
-            f"{s.count} texts encoded in {s.seconds:.2f}s ({s.precision} on {s.device}); "
+            f"{s.count} texts encoded in {s.seconds:.2f}s ({s.count / max(s.seconds, 1e-9):.0f} texts/s, "
+            f"{s.precision} on {s.device}); "
             f"{s.truncated} truncated to {s.max_length} tokens"
             + (f"; scores written to {output}" if output not in (None, "-") else ""),
             soft_wrap=True,

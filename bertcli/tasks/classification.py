@@ -320,14 +320,14 @@ def batched_logits(model, ids: list[list[int]], type_ids: list[list[int]], *, pa
     """
     import torch
 
-    from bertcli.device import autocast
+    from bertcli.inference import forward_context
 
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     out: np.ndarray | None = None
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), autocast(device, precision):
+        with torch.inference_mode(), forward_context(model, device, precision):
             for idx in sorted_batches(lengths, batch_size):
                 x, m, t = pad([ids[i] for i in idx], [type_ids[i] for i in idx], pad_id)
                 logits = model(x.to(device), m.to(device), t.to(device)).float().cpu().numpy()

@@ -25,6 +25,7 @@ library entry point behind it and ``bertcli answer``.
 from __future__ import annotations
 
 import sys
+import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,14 +182,14 @@ def window_logits(model, windows: list[Window], *, pad_id: int, batch_size: int,
     """(start, end) float32 logits of every window (its own length), in the input order."""
     import torch
 
-    from bertcli.device import autocast
+    from bertcli.inference import forward_context
 
     lengths = np.fromiter((len(w.ids) for w in windows), dtype=np.int64, count=len(windows))
     out: list = [None] * len(windows)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), autocast(device, precision):
+        with torch.inference_mode(), forward_context(model, device, precision):
             for idx in sorted_batches(lengths, batch_size):
                 x, m, t = pad_windows([windows[i] for i in idx], pad_id)
                 start, end = model(x.to(device), m.to(device), t.to(device))
@@ -493,9 +494,11 @@ class QuestionAnswerer:
         check_window_options(self.max_length, self.doc_stride, self.max_query_length, self.max_answer_length,
                              self.n_best)
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device, inference=True)
         self.tokenizer = load_tokenizer(model_dir, ckpt.config.vocab_size)
-        self.model = model.to(self.device)
+        from bertcli.inference import prepare
+
+        self.model = prepare(model.to(self.device), self.device, self.precision)
 
     def answer(self, questions: list[str], contexts: list[str], *, top_k: int = 1, batch_size: int = 64,
                progress=None) -> list[list[Span]]:
@@ -540,6 +543,7 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
     squad = read_squad(input, labelled=False, encoding=encoding)
     questions = [q.question for q in squad.questions]
     contexts = [q.context for q in squad.questions]
+    started = time.perf_counter()
     if quiet:
         answers = qa.answer(questions, contexts, batch_size=batch_size)
     else:
@@ -550,6 +554,7 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
             job = bar.add_task("answer", total=None)
             answers = qa.answer(questions, contexts, batch_size=batch_size,
                                 progress=lambda n, total: bar.update(job, advance=n, total=total))
+    seconds = time.perf_counter() - started
     predictions = {q.id: spans[0].answer for q, spans in zip(squad.questions, answers, strict=True)}
     if json_out:
         for q, spans in zip(squad.questions, answers, strict=True):
@@ -565,7 +570,10 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
         sys.stdout.flush()
     if not quiet:
         where = f" -> {output}" if output != "-" else ""
-        line = f"{len(predictions)} questions answered{where}"
+        from bertcli.inference import rate
+
+        line = (f"{len(predictions)} questions answered{where} ({rate(len(predictions), seconds, 'questions')}, "
+                f"{qa.precision} on {qa.device})")
         if squad.has_answers:
             scored = [q for q in squad.questions if q.answers or q.impossible]
             m = squad_metrics(predictions, scored)

@@ -29,6 +29,7 @@ the predicted tags of its words.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,14 +212,14 @@ def window_logits(model, windows: list[Window], *, pad_id: int, batch_size: int,
     """For every window, the (words, num_labels) float32 logits at its words' first wordpieces."""
     import torch
 
-    from bertcli.device import autocast
+    from bertcli.inference import forward_context
 
     lengths = np.fromiter((len(w.ids) for w in windows), dtype=np.int64, count=len(windows))
     out: list[np.ndarray | None] = [None] * len(windows)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), autocast(device, precision):
+        with torch.inference_mode(), forward_context(model, device, precision):
             for idx in sorted_batches(lengths, batch_size):
                 batch = [windows[i] for i in idx]
                 x, m, t, _ = pad_windows(batch, pad_id)
@@ -465,7 +466,7 @@ def load_tagger(model_dir, device: str = "auto", precision: str = "auto") -> Tag
     from bertcli.heads import BertForTokenClassification
 
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    prec = resolve_precision(precision, dev, inference=True)
     ckpt = load_checkpoint(model_dir)
     head = ckpt.state.get("classifier.weight")
     if head is None:
@@ -484,6 +485,9 @@ def load_tagger(model_dir, device: str = "auto", precision: str = "auto") -> Tag
     model = BertForTokenClassification(ckpt.config, rows)
     load_into(model, ckpt.state, str(ckpt.path))
     model.to(dev).eval()
+    from bertcli.inference import prepare
+
+    prepare(model, dev, prec)
     return Tagger(model, tok, id2label, max_length, dev, prec, ckpt.path)
 
 
@@ -545,6 +549,7 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
     tagger = load_tagger(model, device, precision)
     texts, lines, records = read_inputs(input, text_column=text_column, delimiter=delimiter, no_quoting=no_quoting,
                                         no_header=no_header, encoding=encoding)
+    started = time.perf_counter()
     if quiet:
         found, split = tagger.entities(texts, batch_size)
     else:
@@ -555,6 +560,7 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
             job = bar.add_task("predict", total=None)
             found, split = tagger.entities(
                 texts, batch_size, progress=lambda n, total: bar.update(job, advance=n, total=total))
+    seconds = time.perf_counter() - started
 
     objects = []
     for i, (text, line, ents) in enumerate(zip(texts, lines, found, strict=True)):
@@ -594,5 +600,9 @@ def predict_command(*, model, input, output, json_out, quiet, text_column, batch
         kinds = Counter(e["type"] for ents in found for e in ents)
         per = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
         where = f" -> {output}" if output != "-" else ""
+        from bertcli.inference import rate
+
         err_console.print(f"{len(texts)} texts, {sum(kinds.values())} entities" + (f" ({per})" if per else "")
-                          + where + (f"; {split} long texts tagged in several windows" if split else ""))
+                          + f" ({rate(len(texts), seconds, 'texts')}, {tagger.precision} on {tagger.device})"
+                          + where + (f"; {split} long texts tagged in several windows" if split else ""),
+                          soft_wrap=True)
