@@ -393,10 +393,13 @@ class Padded:
 
     relative = None  # DeBERTa's relative-position rows and index, set by the encoder
 
-    def __init__(self, attention_mask: torch.Tensor | None, T: int, device, rotary: Rotary | None):
-        keep = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+    def __init__(self, attention_mask: torch.Tensor | None, T: int, device, rotary: Rotary | None,
+                 always_mask: bool = False):
+        # always_mask: keep the mask even when nothing is padded (a traced graph must not branch on data)
+        keep = (None if attention_mask is None or (not always_mask and bool(attention_mask.all()))
+                else attention_mask.bool())
         self.mask = keep[:, None, None, :] if keep is not None else None  # (B, 1, 1, T): True = attend
-        self.T, self.device = T, device
+        self.T, self.device, self.always_mask = T, device, always_mask
         self.rotary = rotary.tables(torch.arange(T, device=device)) if rotary is not None else None
         self._masks: dict[int, torch.Tensor | None] = {}
 
@@ -407,7 +410,7 @@ class Padded:
         return x
 
     def window_mask(self, reach: int | None) -> torch.Tensor | None:
-        if reach is None or reach >= self.T - 1:
+        if reach is None or (not self.always_mask and reach >= self.T - 1):  # traced: T is symbolic
             return self.mask
         if reach not in self._masks:
             b = band(torch.arange(self.T, device=self.device), reach)  # (T, T)
@@ -573,6 +576,7 @@ class BertModel(nn.Module):
         # or loop (see Packed).
         self.unpad = pre and self.rotary is not None
         self.packed_attention = "auto"
+        self.exporting = False  # bertcli.export: padded path, mask always applied (no data-dependent branches)
         self.pooler = Pooler(config) if with_pooler else None
 
     def forward(
@@ -590,6 +594,8 @@ class BertModel(nn.Module):
 
     def plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Padded | Packed:
         """How this batch runs: packed when unpadding is on (ModernBERT), else padded."""
+        if self.exporting:
+            return Padded(attention_mask, input_ids.shape[1], input_ids.device, self.rotary, always_mask=True)
         if self.unpad:
             if attention_mask is None:
                 attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
