@@ -257,7 +257,13 @@ def export_onnx(model: str | Path, out: str | Path, *, task: str = "auto", varia
                 fmt: str = "onnx", opset: int | None = None) -> ExportResult:
     """Export checkpoint ``model`` to the directory ``out`` (see the module docstring); returns what was
     written and the parity of every graph with PyTorch."""
-    from bertcli.checkpoint import load_checkpoint, load_tokenizer, replace_dir, temp_dir_for, write_sentence_config
+    from bertcli.checkpoint import (
+        load_checkpoint,
+        load_tokenizer,
+        replace_dir,
+        temp_dir_for,
+        write_sentence_config,
+    )
     from bertcli.paths import check_outputs
     from bertcli.tokenizer import pad_batch
 
@@ -311,17 +317,19 @@ def export_onnx(model: str | Path, out: str | Path, *, task: str = "auto", varia
                 f"{ckpt.path}: the {config.family} {task} model cannot be exported to ONNX yet "
                 f"({type(exc).__name__}: {first}); run it with bertcli itself, or report the family"
             ) from None
+        fp32 = session(path)
+        check_dynamic(fp32, inputs, config.family)
         pooling = _pooling(ckpt, task)
         with torch.no_grad():
             references = [[t.numpy() for t in graph(*b[:len(inputs)])] for b in (check, text)]
 
-        def parity(file: Path) -> tuple[float, float | None]:
+        def parity(sess) -> tuple[float, float | None]:
             """Max diff over both check batches; the cosine of the text batch's sentence vectors."""
-            (d1, _), (d2, cos) = (_compare(task, ref, _run(file, inputs, b), b[1], pooling)
+            (d1, _), (d2, cos) = (_compare(task, ref, _run(sess, inputs, b), b[1], pooling)
                                   for ref, b in zip(references, (check, text), strict=True))
             return max(d1, d2), cos
 
-        diff, _ = parity(path)
+        diff, _ = parity(fp32)
         if not diff <= TOLERANCE:
             raise ExportError(
                 f"{ckpt.path}: the exported {config.family} graph differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) "
@@ -332,7 +340,7 @@ def export_onnx(model: str | Path, out: str | Path, *, task: str = "auto", varia
         for name in variants:
             vpath = tmp / ONNX_DIR / VARIANTS[name]
             (_int8 if name == "int8" else _fp16)(path, vpath)
-            reports[name] = VariantReport(f"{ONNX_DIR}/{VARIANTS[name]}", _bytes(vpath), *parity(vpath))
+            reports[name] = VariantReport(f"{ONNX_DIR}/{VARIANTS[name]}", _bytes(vpath), *parity(session(vpath)))
         hf = dict(ckpt.hf_config)
         block = dict(hf.get("bertcli") or {})
         block["onnx"] = {"task": task, "inputs": inputs, "outputs": outputs, "file": f"{ONNX_DIR}/{ONNX_FILE}",
@@ -363,7 +371,7 @@ def export_onnx(model: str | Path, out: str | Path, *, task: str = "auto", varia
 def quiet():
     """No warnings, prints or log lines from the exporter and the quantiser (stdout may carry --json)."""
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    logging.disable(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
@@ -393,8 +401,21 @@ def session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _run(path: Path, inputs: list[str], batch) -> list:
-    return session(path).run(None, _feeds(inputs, *batch))
+def _run(sess, inputs: list[str], batch) -> list:
+    try:
+        return sess.run(None, _feeds(inputs, *batch))
+    except Exception as exc:  # onnxruntime's own errors (a fixed dimension, a missing kernel)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"onnxruntime cannot run the exported graph on a padded batch of "
+                          f"{tuple(batch[0].shape)} ({first}); nothing was written; please report this") from None
+
+
+def check_dynamic(sess, inputs: list[str], family: str) -> None:
+    """Every input's batch and sequence axes are symbolic, not the traced sizes."""
+    for i in sess.get_inputs():
+        if i.name in inputs and not all(isinstance(d, str) for d in i.shape):
+            raise ExportError(f"the {family} graph has fixed dimensions {i.shape} for {i.name}: this family "
+                              "cannot be exported with dynamic shapes yet; please report it")
 
 
 def _int8(src: Path, dst: Path) -> None:

@@ -186,25 +186,31 @@ class RelativePositions(nn.Module):
         block (the row depends on i - j only), so nothing is rebuilt per length."""
         cpu, dev = self._index.get(str(device), (None, None))
         if cpu is None or cpu.shape[0] < T:
-            ids = torch.arange(T)
-            rel = ids[:, None] - ids[None, :]  # (T, T): query - key
-            if self.buckets > 0 and self.max_position > 0:
-                rel = log_buckets(rel, self.buckets, self.max_position)
-            cpu = (rel + self.span).clamp(0, 2 * self.span - 1)  # (T, T) rows of the table
+            cpu = self.table_index(T, "cpu")  # (T, T) rows of the table
             dev = cpu.to(device)
             self._index[str(device)] = (cpu, dev)
         lo, hi = int(cpu[0, T - 1]), int(cpu[T - 1, 0]) + 1  # the farthest distances either way
         return dev[:T, :T] - lo, lo, hi
 
-    def forward(self, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, T: int, device: torch.device, traced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if traced:  # an exported graph: T is symbolic, so no cache and no rows cut by value; the whole table
+            return self.norm(self.embeddings.weight), self.table_index(T, device)  # (2S, H), (T, T)
         index, lo, hi = self.index(T, device)
         return self.norm(self.embeddings.weight[lo:hi]), index  # (R, H), (T, T) in [0, R)
+
+    def table_index(self, T: int, device) -> torch.Tensor:
+        """(T, T): the table row of each query-key pair, clamp(S + bucket(i - j), 0, 2S - 1)."""
+        ids = torch.arange(T, device=device)
+        rel = ids[:, None] - ids[None, :]  # (T, T): query - key
+        if self.buckets > 0 and self.max_position > 0:
+            rel = log_buckets(rel, self.buckets, self.max_position)
+        return (rel + self.span).clamp(0, 2 * self.span - 1)
 
 
 class NoRelativePositions(nn.Module):
     """The families without relative positions: the layers get ``positions=None``."""
 
-    def forward(self, T: int, device: torch.device) -> None:
+    def forward(self, T: int, device: torch.device, traced: bool = False) -> None:
         return None
 
 
@@ -586,7 +592,7 @@ class BertModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         plan = self.plan(input_ids, attention_mask)
-        plan.relative = self.relative(input_ids.shape[1], input_ids.device)  # DeBERTa's table, else None
+        plan.relative = self.relative(input_ids.shape[1], input_ids.device, self.exporting)  # DeBERTa's, else None
         x = self.embeddings(plan.pack(input_ids), plan.pack(token_type_ids), plan.pack(attention_mask))
         for i in self.schedule:
             x = self.layers[i](x, plan)
