@@ -280,7 +280,7 @@ def export_onnx(model: str | Path, out: str | Path, *, task: str = "auto", varia
     ckpt = load_checkpoint(model)
     config = ckpt.config
     task = detect_task(ckpt) if task == "auto" else task
-    module = _load_module(ckpt.path, task).float().cpu().eval()
+    module = _load_module(model, task).float().cpu().eval()  # model, not ckpt.path: a LoRA adapter's is its base
     for m in module.modules():
         if isinstance(m, BertModel):
             m.exporting = True
