@@ -117,16 +117,20 @@ def test_variants_run_and_stay_close(tiny_model_dir, tiny_export):
 
 
 def test_cli_json_is_one_line_and_replaces_an_earlier_export(tiny_model_dir, tmp_path, cli):
+    import onnx
+
     out = tmp_path / "out"
-    for _ in range(2):  # the second run replaces the first export whole
-        result = cli("export", "--model", tiny_model_dir, "--format", "onnx", "--out", out, "--json")
+    for opset in (20, 18):  # the second run replaces the first export whole
+        result = cli("export", "--model", tiny_model_dir, "--format", "onnx", "--out", out, "--json",
+                     "--opset", opset)
         assert result.exit_code == 0, result.output
         lines = result.stdout.strip().splitlines()
         assert len(lines) == 1, result.stdout
         summary = json.loads(lines[0])
         assert summary["task"] == "feature-extraction" and summary["max_abs_diff"] <= 1e-4
         assert summary["check_batches"][0] != [2, 16]
-    assert (out / "onnx" / "model.onnx").is_file()
+    graph = onnx.load(str(out / "onnx" / "model.onnx"))
+    assert [o.version for o in graph.opset_import if o.domain == ""] == [18]
     assert not list(tmp_path.glob(".out.*"))  # no temporary directories left
 
 
