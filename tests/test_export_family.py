@@ -1,6 +1,7 @@
 """bertcli export across the family and the task heads: each graph equals bertcli's PyTorch model in onnxruntime
 on shapes the trace never saw, and Optimum's ORTModel class of the task loads the export and gives the same
-outputs under the names it expects (logits; start_logits / end_logits)."""
+outputs under the names it expects (logits; start_logits / end_logits); sentence-transformers' CrossEncoder
+(backend="onnx") loads a sequence-classifier export with bertcli's logits."""
 
 from __future__ import annotations
 
@@ -92,3 +93,14 @@ def test_family_and_head_graphs_equal_pytorch(family, task, tmp_path, minilm_dir
             for name, r in zip(OUTPUTS[task], ref, strict=True):
                 d = np.abs(getattr(out, name).numpy() - r)
                 assert (d[keep] if d.shape[:2] == keep.shape else d).max() <= 1e-4, name
+    if task == "sequence-classification":  # sentence-transformers' CrossEncoder, backend="onnx": bertcli's logits
+        st = pytest.importorskip("sentence_transformers")
+        from bertcli.predict import load_classifier
+
+        pairs = [("A man is playing a guitar.", "Someone plays music."), ("Paris is in France.", "No.")]
+        ce = st.CrossEncoder(str(tmp_path / "onnx"), backend="onnx", device="cpu",
+                             model_kwargs={"file_name": "onnx/model.onnx"})
+        got = np.asarray(ce.predict(pairs, activation_fn=None))
+        want, _ = load_classifier(ckpt, device="cpu", precision="fp32").logits([a for a, _ in pairs],
+                                                                                [b for _, b in pairs])
+        assert np.abs(got - want).max() <= 1e-4
