@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bertcli.errors import BertcliError, ConfigError
+from bertcli.errors import ConfigError, ExportError
 
 FORMATS = ("onnx",)
 TASKS = ("auto", "feature-extraction", "sequence-classification", "token-classification", "question-answering")
@@ -58,10 +58,6 @@ CHECK_TEXTS = [
     ("Paris is the capital of France.", "Where is the Eiffel tower?"),
     ("Stocks fell sharply on Monday after the central bank raised interest rates again.", "Markets."),
 ]
-
-
-class ExportError(BertcliError):
-    """A model cannot be exported, or the exported graph does not match PyTorch."""
 
 
 @dataclass
