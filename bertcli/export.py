@@ -302,6 +302,9 @@ def export_onnx(model: str | Path, out: str | Path, *, task: str = "auto", varia
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
         dims = {name: {0: batch, 1: seq} for name in inputs}
         size = sum(p.numel() * p.element_size() for p in module.parameters())
+        if size > EXTERNAL_BYTES and variants:
+            raise ExportError(f"{ckpt.path}: --variant is not supported for models over 2 GB (this one: "
+                              f"{size / 1e9:.1f} GB of weights, kept in onnx/model.onnx.data); export without it")
         try:
             with torch.no_grad(), quiet():
                 torch.onnx.export(graph, trace[:len(inputs)], str(path), input_names=inputs, output_names=outputs,
