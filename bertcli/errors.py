@@ -36,3 +36,7 @@ class DeviceError(BertcliError):
 
 class TrainingError(BertcliError):
     """Training cannot continue (non-finite loss, failed checkpoint write, ...)."""
+
+
+class ExportError(BertcliError):
+    """A model cannot be exported (bertcli export), or the exported graph does not match PyTorch."""

@@ -186,25 +186,31 @@ class RelativePositions(nn.Module):
         block (the row depends on i - j only), so nothing is rebuilt per length."""
         cpu, dev = self._index.get(str(device), (None, None))
         if cpu is None or cpu.shape[0] < T:
-            ids = torch.arange(T)
-            rel = ids[:, None] - ids[None, :]  # (T, T): query - key
-            if self.buckets > 0 and self.max_position > 0:
-                rel = log_buckets(rel, self.buckets, self.max_position)
-            cpu = (rel + self.span).clamp(0, 2 * self.span - 1)  # (T, T) rows of the table
+            cpu = self.table_index(T, "cpu")  # (T, T) rows of the table
             dev = cpu.to(device)
             self._index[str(device)] = (cpu, dev)
         lo, hi = int(cpu[0, T - 1]), int(cpu[T - 1, 0]) + 1  # the farthest distances either way
         return dev[:T, :T] - lo, lo, hi
 
-    def forward(self, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, T: int, device: torch.device, traced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if traced:  # an exported graph: T is symbolic, so no cache and no rows cut by value; the whole table
+            return self.norm(self.embeddings.weight), self.table_index(T, device)  # (2S, H), (T, T)
         index, lo, hi = self.index(T, device)
         return self.norm(self.embeddings.weight[lo:hi]), index  # (R, H), (T, T) in [0, R)
+
+    def table_index(self, T: int, device) -> torch.Tensor:
+        """(T, T): the table row of each query-key pair, clamp(S + bucket(i - j), 0, 2S - 1)."""
+        ids = torch.arange(T, device=device)
+        rel = ids[:, None] - ids[None, :]  # (T, T): query - key
+        if self.buckets > 0 and self.max_position > 0:
+            rel = log_buckets(rel, self.buckets, self.max_position)
+        return (rel + self.span).clamp(0, 2 * self.span - 1)
 
 
 class NoRelativePositions(nn.Module):
     """The families without relative positions: the layers get ``positions=None``."""
 
-    def forward(self, T: int, device: torch.device) -> None:
+    def forward(self, T: int, device: torch.device, traced: bool = False) -> None:
         return None
 
 
@@ -393,10 +399,13 @@ class Padded:
 
     relative = None  # DeBERTa's relative-position rows and index, set by the encoder
 
-    def __init__(self, attention_mask: torch.Tensor | None, T: int, device, rotary: Rotary | None):
-        keep = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+    def __init__(self, attention_mask: torch.Tensor | None, T: int, device, rotary: Rotary | None,
+                 always_mask: bool = False):
+        # always_mask: keep the mask even when nothing is padded (a traced graph must not branch on data)
+        keep = (None if attention_mask is None or (not always_mask and bool(attention_mask.all()))
+                else attention_mask.bool())
         self.mask = keep[:, None, None, :] if keep is not None else None  # (B, 1, 1, T): True = attend
-        self.T, self.device = T, device
+        self.T, self.device, self.always_mask = T, device, always_mask
         self.rotary = rotary.tables(torch.arange(T, device=device)) if rotary is not None else None
         self._masks: dict[int, torch.Tensor | None] = {}
 
@@ -407,7 +416,7 @@ class Padded:
         return x
 
     def window_mask(self, reach: int | None) -> torch.Tensor | None:
-        if reach is None or reach >= self.T - 1:
+        if reach is None or (not self.always_mask and reach >= self.T - 1):  # traced: T is symbolic
             return self.mask
         if reach not in self._masks:
             b = band(torch.arange(self.T, device=self.device), reach)  # (T, T)
@@ -573,6 +582,7 @@ class BertModel(nn.Module):
         # or loop (see Packed).
         self.unpad = pre and self.rotary is not None
         self.packed_attention = "auto"
+        self.exporting = False  # bertcli.export: padded path, mask always applied (no data-dependent branches)
         self.pooler = Pooler(config) if with_pooler else None
 
     def forward(
@@ -582,7 +592,7 @@ class BertModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         plan = self.plan(input_ids, attention_mask)
-        plan.relative = self.relative(input_ids.shape[1], input_ids.device)  # DeBERTa's table, else None
+        plan.relative = self.relative(input_ids.shape[1], input_ids.device, self.exporting)  # DeBERTa's, else None
         x = self.embeddings(plan.pack(input_ids), plan.pack(token_type_ids), plan.pack(attention_mask))
         for i in self.schedule:
             x = self.layers[i](x, plan)
@@ -590,6 +600,8 @@ class BertModel(nn.Module):
 
     def plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Padded | Packed:
         """How this batch runs: packed when unpadding is on (ModernBERT), else padded."""
+        if self.exporting:
+            return Padded(attention_mask, input_ids.shape[1], input_ids.device, self.rotary, always_mask=True)
         if self.unpad:
             if attention_mask is None:
                 attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
