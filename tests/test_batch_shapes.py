@@ -71,3 +71,14 @@ def test_similarity_pairs_scores_match_unbatched(tiny_model_dir):
         vb = torch.cat([encode([t], tiny_model_dir, pooling=p, precision="fp32") for t in b])
         expected = torch.nn.functional.cosine_similarity(va, vb).numpy()
         assert many.scores[p] == pytest.approx(expected, abs=1e-5)
+
+
+def test_bucketed_width_stays_inside_the_position_table(tmp_path, minilm_dir):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "m", minilm_dir, max_positions=100)  # bucket_width(100) == 104
+    assert bucket_width(100) == 104 and bucket_width(100, 100) == 100 and bucket_width(97, 100) == 100
+    texts = _texts(12, 4, longest=200)  # several truncated to the 100 positions
+    batched = encode(texts, model, precision="fp32", batch_tokens=400)
+    alone = torch.cat([encode([t], model, precision="fp32") for t in texts])
+    assert torch.allclose(batched, alone, atol=1e-5)
