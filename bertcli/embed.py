@@ -11,11 +11,11 @@ Defaults come from the checkpoint: a sentence-transformers model's pooling, norm
 otherwise mean pooling, normalised, up to the model's position table.
 
 Speed: texts are tokenized once (the ids-only fast path), sorted by length and cut into
-batches of at most ``batch_tokens`` tokens (padded size). A batch is closed early at a length
-change once it is half full, so most batches hold texts of exactly one length and run with no
-padding and no attention mask at all; the rest pad by a token or two. Everything runs under
-``torch.inference_mode``; vectors are scattered back to input order on the device and copied
-to the host once.
+batches of at most ``batch_tokens`` tokens (padded size) whose shapes come from a small fixed
+set (:func:`plan_batches`: bucketed widths, a fixed size per width), so that per-shape kernel
+caches stay bounded; a batch of texts of one length runs with no padding and no attention mask
+at all. Everything runs under ``torch.inference_mode``; vectors are scattered back to input order
+on the device and copied to the host once.
 
 Large inputs: :func:`embed_chunks` runs :func:`embed_poolings` one chunk at a time (sorted and batched
 by length within the chunk) and :func:`embed_file` streams a file (or stdin) to an output file in
@@ -140,27 +140,38 @@ def check_pooling(pooling: str) -> str:
     return pooling
 
 
-def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+def bucket_width(n: int, limit: int | None = None) -> int:
+    """The padded width of a batch whose longest text has ``n`` tokens: ``n`` itself up to 64, then the
+    next multiple of 8 up to 128, of 32 up to 512, of 128 beyond: a fixed set of 84 widths up to 512;
+    never more than ``limit`` (the model's position table; ``n`` must not exceed it). Short texts keep
+    their exact width: padding them costs more than their few extra shapes (measured)."""
+    if n <= 64:
+        return n
+    step = 8 if n <= 128 else 32 if n <= 512 else 128
+    width = -(-n // step) * step
+    return width if limit is None else max(n, min(width, limit))
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int, limit: int | None = None) -> list[list[int]]:
     """Indices grouped into batches: longest first, at most ``batch_tokens`` padded tokens each.
 
-    A batch is closed at a change of length once it is at least half full, so most batches
-    hold texts of one length (no padding, no attention mask). A text longer than the budget
-    gets a batch of its own.
+    Batch shapes come from a small set, whatever the input: a batch is as wide as
+    :func:`bucket_width` of its longest text (``limit``: the model's positions; pad it there:
+    ``pad_batch(..., width=)``) and holds
+    ``batch_tokens // width`` texts (at least 1), except the last rows, which go in batches of powers of
+    two. Bounded shapes bound the kernels that oneDNN compiles and caches per shape (one per shape,
+    about 1.6 MB each in bf16), so memory stays flat over millions of texts. Texts are sorted by
+    length, so a batch mostly holds texts of one or two lengths (padding by a token or two).
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
-    cur: list[int] = []
-    width = 0
-    for i in order:
-        n = lengths[i]
-        if cur and ((len(cur) + 1) * width > batch_tokens or (n != width and 2 * len(cur) * width >= batch_tokens)):
-            batches.append(cur)
-            cur = []
-        if not cur:
-            width = n
-        cur.append(i)
-    if cur:
-        batches.append(cur)
+    i, n = 0, len(order)
+    while i < n:
+        size = max(1, batch_tokens // bucket_width(lengths[order[i]], limit))
+        if n - i < size:  # the last rows: a power of two, so that these sizes come from a small set too
+            size = 1 << ((n - i).bit_length() - 1)
+        batches.append(order[i:i + size])
+        i += size
     return batches
 
 
@@ -269,14 +280,16 @@ def embed_token_ids(
     from bertcli.inference import forward_context
     from bertcli.tokenizer import pad_batch
 
-    batches = plan_batches([len(x) for x in ids], batch_tokens)
+    limit = enc.checkpoint.config.max_length  # a bucketed width stays inside the position table
+    batches = plan_batches([len(x) for x in ids], batch_tokens, limit)
     n, H, dev = len(ids), enc.dim, enc.device
     out = {p: torch.empty((n, H), dtype=torch.float32, device=dev) for p in poolings}
     cuda = dev.type == "cuda"
     done = 0
     with torch.inference_mode(), forward_context(enc.model, dev, enc.precision):
         for batch in batches:
-            input_ids, mask, _ = pad_batch([ids[i] for i in batch], None, enc.tokenizer.pad_id)
+            rows = [ids[i] for i in batch]
+            input_ids, mask, _ = pad_batch(rows, None, enc.tokenizer.pad_id, width=bucket_width(len(rows[0]), limit))
             index = torch.tensor(batch, dtype=torch.long)
             if dev.type != "cpu":
                 if cuda:

@@ -412,13 +412,15 @@ def check_vocab(tokenizer: Tokenizer, vocab_size: int, source: str) -> None:
         )
 
 
-def pad_batch(ids: list[list[int]], type_ids: list[list[int]] | None, pad_id: int, device=None):
-    """Right-pad to the longest row: returns (input_ids, attention_mask, token_type_ids) tensors."""
+def pad_batch(ids: list[list[int]], type_ids: list[list[int]] | None, pad_id: int, device=None,
+              width: int | None = None):
+    """Right-pad to the longest row (or to ``width``, if wider): returns (input_ids, attention_mask,
+    token_type_ids) tensors."""
     import numpy as np
     import torch
 
     n = len(ids)
-    T = max((len(x) for x in ids), default=0)
+    T = max(max((len(x) for x in ids), default=0), width or 0)
     # filled in numpy (one tensor per batch, not one small tensor and copy per row)
     arr = np.full((n, T), pad_id, dtype=np.int64)
     mask = np.zeros((n, T), dtype=np.int64)

@@ -397,3 +397,31 @@ def test_answer_help_does_not_import_torch():
     assert r.returncode == 0 and "Examples" in r.stdout and "--context-file" in r.stdout
     imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if "|" in line}
     assert "typer" in imported and "torch" not in imported
+
+
+def test_predict_in_chunks_matches_one_chunk(qa_run, cli, one_thread):
+    """--chunk-size 5 (12 questions: 3 chunks) gives the predictions of one chunk, in input order."""
+    d, _ = qa_run
+    got = {}
+    for size in ("5", "1000"):
+        r = cli("predict", "--model", d / "run", d / "dev.json", "--output", d / f"p{size}.json", "--chunk-size",
+                size, "--json", "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        got[size] = ((d / f"p{size}.json").read_text(), r.stdout)
+    assert got["5"] == got["1000"]
+    assert [json.loads(x)["id"] for x in got["5"][1].splitlines()] == [q.id for q in read_squad(str(d / "dev.json")).questions]
+
+
+def test_answer_chunks_progress(qa_run, one_thread):
+    from bertcli.tasks.question_answering import QuestionAnswerer, answer_chunks
+
+    d, _ = qa_run
+    qs = read_squad(str(d / "dev.json")).questions
+    qa = QuestionAnswerer(str(d / "run"), device="cpu")
+    seen = []
+    parts = list(answer_chunks(qa, [q.question for q in qs], [q.context for q in qs], chunk_size=5,
+                               progress=lambda done, total: seen.append((done, total))))
+    assert [len(p) for p in parts] == [5, 5, 2]
+    assert seen[-1] == (12, 12) and [s for s, _ in seen] == sorted(s for s, _ in seen)
+    whole = qa.answer([q.question for q in qs], [q.context for q in qs])
+    assert [s[0].as_dict() for p in parts for s in p] == [s[0].as_dict() for s in whole]

@@ -375,3 +375,44 @@ def test_predict_refuses_table_options_for_plain_text(trained, tmp_path, cli):
     src = write(tmp_path / "t.txt", "hello\n")
     result = cli("predict", "--model", trained[0], src, "--delimiter", "tab", "--device", "cpu")
     assert result.exit_code == 1 and "--delimiter applies to CSV/TSV input" in result.stderr
+
+
+# ------------------------------------------------------------ streaming (issue 21)
+def test_predict_in_chunks_matches_one_chunk(trained, tmp_path, cli):
+    """--chunk-size 2 gives the output of one chunk, in input order, for every output kind."""
+    out, _, _ = trained
+    lines = ["yesterday alice smith flew to new york .", "", "carol flew to rome", "bob jones flew to berlin .",
+             "   ", "rome", "alice flew to tokyo yesterday", ""]
+    src = write(tmp_path / "texts.txt", "\n".join(lines) + "\n")
+    table = write(tmp_path / "t.csv", "id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(lines)))
+    for inp, suffix in ((src, ".jsonl"), (src, ".tsv"), (table, ".jsonl"), (table, ".csv")):
+        got = {}
+        for size in ("2", "1000"):
+            target = tmp_path / f"out-{size}{suffix}"
+            r = cli("predict", "--model", out, inp, "--output", target, "--chunk-size", size, "--device", "cpu")
+            assert r.exit_code == 0, r.output
+            j = cli("predict", "--model", out, inp, "--json", "--quiet", "--chunk-size", size, "--device", "cpu")
+            assert j.exit_code == 0, j.output
+            got[size] = (target.read_text(), j.stdout)
+        assert got["2"] == got["1000"]
+    objs = [json.loads(x) for x in got["2"][1].splitlines()]
+    assert [o["id"] for o in objs] == [str(i) for i in range(len(lines))]
+    texts = [json.loads(x) for x in (tmp_path / "out-2.jsonl").read_text().splitlines()]
+    assert texts and [o["id"] for o in texts] == [str(i) for i in range(len(lines))]
+
+
+def test_entity_chunks_report_rows_done_of_total(trained, tmp_path):
+    from bertcli.tasks.token_classification import entity_chunks, load_tagger, open_entity_input
+
+    src = write(tmp_path / "texts.txt", "carol flew to rome\n\nbob flew to berlin\nalice\nrome\n")
+    tagger = load_tagger(trained[0], "cpu")
+    seen = []
+    source, column = open_entity_input(str(src), text_column=None, delimiter=None, no_quoting=None,
+                                       no_header=None, encoding="utf-8")
+    with source:
+        parts = list(entity_chunks(tagger, source, column, chunk_size=2, progress=lambda d, t: seen.append((d, t))))
+    assert [p[1] for p in parts] == [[1], [3, 4], [5]]  # line numbers; the blank line 2 skipped
+    assert {t for _, t in seen} == {5} and seen[-1] == (5, 5)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    whole = tagger.entities(["carol flew to rome", "bob flew to berlin", "alice", "rome"])[0]
+    assert [e for p in parts for e in p[3]] == whole

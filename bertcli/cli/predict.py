@@ -78,7 +78,8 @@ def command(
         module.predict_command(model=model, input=input, output=output, json_out=json_out, quiet=quiet,
                                text_column=text_column, batch_size=batch_size, delimiter=delimiter,
                                no_quoting=no_quoting, no_header=no_header, encoding=encoding,
-                               device=device, precision=precision, emit_json=emit_json, err_console=err_console)
+                               device=device, precision=precision, emit_json=emit_json, err_console=err_console,
+                               chunk_size=chunk_size)
         return
 
     from bertcli.data.tables import TableWriter

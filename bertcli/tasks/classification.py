@@ -307,9 +307,16 @@ def length_grouped_order(lengths: np.ndarray, batch_size: int, generator, group:
 
 
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Evaluation order: longest first, in batches of ``batch_size``."""
+    """Evaluation order: longest first, in batches of ``batch_size``; the last rows (fewer than
+    ``batch_size``) in batches of powers of two, so that over many calls (chunks of a large input) batch
+    shapes come from a small set and per-shape kernel caches (oneDNN's) stay bounded."""
     order = np.argsort(-lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    out, i, n = [], 0, len(order)
+    while i < n:
+        size = batch_size if n - i >= batch_size else 1 << ((n - i).bit_length() - 1)
+        out.append(order[i:i + size])
+        i += size
+    return out
 
 
 def batched_logits(model, ids: list[list[int]], type_ids: list[list[int]], *, pad_id: int, batch_size: int,

@@ -520,50 +520,86 @@ class QuestionAnswerer:
         return out
 
 
+def answer_chunks(qa: QuestionAnswerer, questions: list[str], contexts: list[str], *, top_k: int = 1,
+                  batch_size: int = 64, chunk_size: int | None = None, progress=None):
+    """:meth:`QuestionAnswerer.answer` ``chunk_size`` questions at a time: yields each chunk's answers
+    (one list of spans per question, best first), in input order, so that the windows and logits held at
+    once depend on the chunk, not on the number of questions. ``progress(questions_done, total)``."""
+    from bertcli.streaming import check_chunk_size, run_chunks
+
+    if len(questions) != len(contexts):
+        raise ValueError("questions and contexts differ in length")
+    size = check_chunk_size(chunk_size)
+    starts = range(0, len(questions), size)
+
+    def step(start, report):
+        q, c = questions[start:start + size], contexts[start:start + size]
+        seen = [0]
+
+        def advance(k: int, windows: int) -> None:  # windows done -> questions done in this chunk
+            seen[0] += k
+            report(len(q) * seen[0] // max(windows, 1))
+
+        return qa.answer(q, c, top_k=top_k, batch_size=batch_size, progress=advance if progress else None)
+
+    for _, spans in run_chunks(starts, step, total=len(questions), progress=progress,
+                               size=lambda start: min(size, len(questions) - start)):
+        yield spans
+
+
 def predict_command(*, model, input, output, json_out, quiet, text_column, batch_size, delimiter, no_quoting,
-                    no_header, encoding, device, precision, emit_json, err_console) -> None:
+                    no_header, encoding, device, precision, emit_json, err_console, chunk_size=None) -> None:
     """``bertcli predict`` for a question-answering checkpoint: answer every question of a SQuAD file.
 
     Writes the official predictions file ``{question_id: answer_text}`` (to ``--output``, else
     stdout); ``--json`` prints one JSON line per question (``id, answer, score, probability,
-    start, end``) on stdout instead. When the file has gold answers, exact match and F1 go to stderr.
-    The command passes the screen in: ``emit_json(obj)`` writes one JSON line, ``err_console`` is
-    the rich console for the progress bar and summary (the library does not import the CLI).
+    start, end``) on stdout instead, as each chunk of ``chunk_size`` questions is answered. When the
+    file has gold answers, exact match and F1 go to stderr. The output file is written under a
+    temporary name and renamed into place. The command passes the screen in: ``emit_json(obj)``
+    writes one JSON line, ``err_console`` is the rich console for the progress bar and summary (the
+    library does not import the CLI).
     """
     import json
+    import os
+    import tempfile
 
     from bertcli.data.squad import read_squad, squad_metrics
+    from bertcli.streaming import check_chunk_size, progress_bar
 
     given = {"--text-column": text_column, "--delimiter": delimiter, "--quoting/--no-quoting": no_quoting,
              "--header/--no-header": no_header}
     for flag, value in given.items():
         if value is not None:
             raise ConfigError(f"{flag} does not apply to a question-answering model (its input is a SQuAD JSON file)")
+    check_chunk_size(chunk_size)
     qa = QuestionAnswerer(model, device=device, precision=precision)
     squad = read_squad(input, labelled=False, encoding=encoding)
     questions = [q.question for q in squad.questions]
     contexts = [q.context for q in squad.questions]
     started = time.perf_counter()
-    if quiet:
-        answers = qa.answer(questions, contexts, batch_size=batch_size)
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("[bold]answer"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err_console, transient=True) as bar:
-            job = bar.add_task("answer", total=None)
-            answers = qa.answer(questions, contexts, batch_size=batch_size,
-                                progress=lambda n, total: bar.update(job, advance=n, total=total))
+    predictions: dict[str, str] = {}  # the answers' text only: the windows and logits go chunk by chunk
+    done = 0
+    with progress_bar("answer", len(questions), enabled=not quiet, unit="questions") as progress:
+        for spans in answer_chunks(qa, questions, contexts, batch_size=batch_size, chunk_size=chunk_size,
+                                   progress=progress):
+            for q, best in zip(squad.questions[done:done + len(spans)], spans, strict=True):
+                predictions[q.id] = best[0].answer
+                if json_out:
+                    emit_json({"id": q.id, **best[0].as_dict()})
+            done += len(spans)
     seconds = time.perf_counter() - started
-    predictions = {q.id: spans[0].answer for q, spans in zip(squad.questions, answers, strict=True)}
-    if json_out:
-        for q, spans in zip(squad.questions, answers, strict=True):
-            emit_json({"id": q.id, **spans[0].as_dict()})
     text = json.dumps(predictions, ensure_ascii=False, indent=1) + "\n"
     if output != "-":
+        target = Path(output)
+        tmp = None
         try:
-            Path(output).write_text(text, encoding="utf-8")
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, target)
         except OSError as exc:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
             raise DataError(f"{output}: cannot write the predictions ({exc.strerror})") from None
     elif not json_out:
         sys.stdout.write(text)

@@ -531,78 +531,163 @@ def read_inputs(input: str, *, text_column: str | None, delimiter: str | None, n
     return table.column(text_column), list(table.lines), table.records()
 
 
+def open_entity_input(input: str, *, text_column: str | None, delimiter: str | None, no_quoting: bool | None,
+                      no_header: bool | None, encoding: str):
+    """``(source, text_column)`` for streaming: a :class:`~bertcli.streaming.LinesInput` of a plain text file
+    (one text per line; ``text_column`` None) or a :class:`~bertcli.streaming.TableInput` with its checked
+    text column (default ``text``). The input is read as :func:`read_inputs` reads it."""
+    from bertcli.streaming import LinesInput, TableInput
+
+    is_table = text_column is not None or str(input).lower().endswith(TABLE_SUFFIXES)
+    if not is_table:
+        for name, value in (("--delimiter", delimiter), ("--no-quoting", no_quoting), ("--no-header", no_header)):
+            if value:
+                raise ConfigError(f"{name} applies to CSV/TSV input; {input} is read as plain text (one text per "
+                                  f"line); pass --text-column to read it as a table")
+        return LinesInput(input, encoding), None
+    source = TableInput(input, delimiter=delimiter, quoting=not no_quoting, header=not no_header, encoding=encoding)
+    try:
+        if text_column is None:
+            if "text" not in source.columns:
+                shown = ", ".join(repr(c) for c in source.columns[:30])
+                raise ConfigError(f"{source.name}: no column 'text'; pass --text-column (columns found: {shown})")
+            text_column = "text"
+        source.check_column(text_column)
+    except BaseException:
+        source.close()
+        raise
+    return source, text_column
+
+
+def entity_chunks(tagger: Tagger, source: Any, text_column: str | None, *, batch_size: int = 64,
+                  chunk_size: int | None = None, progress=None):
+    """``(texts, lines, records or None, entities, split)`` for each chunk of ``chunk_size`` rows of
+    ``source`` (from :func:`open_entity_input`), in input order: the texts (blank lines of a plain text
+    file skipped), their line numbers, the table records, each text's entities (:meth:`Tagger.entities`)
+    and how many texts were split into windows. ``progress(rows_done, total)``."""
+    from bertcli.streaming import check_chunk_size, run_chunks
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    size = check_chunk_size(chunk_size)
+    if text_column is None:
+        def numbered():  # (line number, text) of every line, in chunks
+            base = 0
+            for chunk in source.chunks(size):
+                yield [(base + k, line) for k, line in enumerate(chunk, start=1)]
+                base += len(chunk)
+
+        def parts(chunk):
+            kept = [(n, t) for n, t in chunk if t.strip()]
+            return [t for _, t in kept], [n for n, _ in kept], None
+
+        chunks = numbered()
+    else:
+        chunks = source.chunks(size)
+
+        def parts(table):
+            return table.column(text_column), list(table.lines), table.records()
+
+    def step(chunk, report):
+        texts, lines, records = parts(chunk)
+        n = len(chunk)
+        seen = [0]
+
+        def advance(k: int, windows: int) -> None:  # windows done -> rows done in this chunk
+            seen[0] += k
+            report(n * seen[0] // max(windows, 1))
+
+        found, split = tagger.entities(texts, batch_size, progress=advance if progress is not None else None)
+        return texts, lines, records, found, split
+
+    for _, result in run_chunks(chunks, step, total=source.total, progress=progress):
+        yield result
+
+
 def predict_command(*, model, input, output, json_out, quiet, text_column, batch_size, delimiter, no_quoting,
-                    no_header, encoding, device, precision, emit_json, err_console) -> None:
+                    no_header, encoding, device, precision, emit_json, err_console, chunk_size=None) -> None:
     """``bertcli predict`` for a token-classification checkpoint: entities of every input text.
 
     ``--json`` prints one JSON object per text on stdout (the input record, or ``line`` and
     ``text`` for plain text, plus ``entities``). ``--output FILE``: ``.jsonl`` the same objects,
     ``.csv``/``.tsv`` one row per entity (``line, type, entity, start, end, score``). Without
     either, stdout gets the rows (TSV; CSV or JSON lines for a .csv or .jsonl input).
+    Texts are read, tagged and written ``chunk_size`` rows at a time (bounded memory); an output
+    file is renamed into place only when complete.
     The command passes the screen in: ``emit_json(obj)`` writes one JSON line, ``err_console`` is
     the rich console for the progress bar and summary (the library does not import the CLI).
     """
-    from bertcli.data.tables import write_table
+    from collections import Counter
+
+    from bertcli.data.tables import TableWriter
+    from bertcli.streaming import check_chunk_size, progress_bar
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    check_chunk_size(chunk_size)
     tagger = load_tagger(model, device, precision)
-    texts, lines, records = read_inputs(input, text_column=text_column, delimiter=delimiter, no_quoting=no_quoting,
-                                        no_header=no_header, encoding=encoding)
     started = time.perf_counter()
-    if quiet:
-        found, split = tagger.entities(texts, batch_size)
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    source, column = open_entity_input(input, text_column=text_column, delimiter=delimiter, no_quoting=no_quoting,
+                                       no_header=no_header, encoding=encoding)
+    with source:
+        if column is None:
+            key, obj_columns = "entities", ["line", "text", "entities"]
+        else:  # a table's every column, then the entities (predicted_entities if the table has "entities")
+            key = "entities" if "entities" not in source.columns else "predicted_entities"
+            obj_columns = [*source.columns, key]
 
-        with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err_console, transient=True) as bar:
-            job = bar.add_task("predict", total=None)
-            found, split = tagger.entities(
-                texts, batch_size, progress=lambda n, total: bar.update(job, advance=n, total=total))
-    seconds = time.perf_counter() - started
+        def writer_for(name: str, stream=None) -> tuple[TableWriter, bool]:
+            objects = name.lower().endswith((".jsonl", ".json", ".ndjson"))
+            try:
+                return TableWriter(name, obj_columns if objects else ENTITY_COLUMNS, stream=stream), objects
+            except OSError as exc:
+                raise DataError(f"{name}: cannot write the predictions ({exc.strerror})") from None
 
-    objects = []
-    for i, (text, line, ents) in enumerate(zip(texts, lines, found, strict=True)):
-        if records is None:
-            objects.append({"line": line, "text": text, "entities": ents})
-        else:
-            rec = dict(records[i])
-            rec["entities" if "entities" not in rec else "predicted_entities"] = ents
-            objects.append(rec)
-    rows = [{"line": line, "type": e["type"], "entity": e["text"], "start": e["start"], "end": e["end"],
-             "score": e["score"]} for line, ents in zip(lines, found, strict=True) for e in ents]
-
-    obj_columns = list(dict.fromkeys(k for obj in objects for k in obj)) or ["line", "text", "entities"]
-
-    def write(name: str, stream=None) -> None:
-        if name.lower().endswith((".jsonl", ".json", ".ndjson")):
-            write_table(name, obj_columns, objects, stream=stream)
-        else:
-            write_table(name, ENTITY_COLUMNS, rows, stream=stream)
-
-    if json_out:
-        for obj in objects:
-            emit_json(obj)
-    if output != "-":
+        writers: list[tuple[TableWriter, bool]] = []
         try:
-            write(output)
-        except OSError as exc:
-            raise DataError(f"{output}: cannot write the predictions ({exc.strerror})") from None
-    elif not json_out:
-        suffix = Path(input).suffix.lower() if input != "-" else ""
-        name = "stdout" + (suffix if suffix in (".csv", ".jsonl") else ".tsv")
-        write(name, stream=sys.stdout)
-        sys.stdout.flush()
+            if output != "-":
+                writers.append(writer_for(output))
+            elif not json_out:
+                suffix = Path(input).suffix.lower() if input != "-" else ""
+                writers.append(writer_for("stdout" + (suffix if suffix in (".csv", ".jsonl") else ".tsv"),
+                                          sys.stdout))
+            texts_n, split, kinds = 0, 0, Counter()
+            with progress_bar("predict", source.total, enabled=not quiet) as progress:
+                for texts, lines, records, found, chunk_split in entity_chunks(
+                        tagger, source, column, batch_size=batch_size, chunk_size=chunk_size, progress=progress):
+                    objects = [{"line": line, "text": text, key: ents} if records is None else {**records[i], key: ents}
+                               for i, (text, line, ents) in enumerate(zip(texts, lines, found, strict=True))]
+                    if json_out:
+                        for obj in objects:
+                            emit_json(obj)
+                    if writers:
+                        rows = [{"line": line, "type": e["type"], "entity": e["text"], "start": e["start"],
+                                 "end": e["end"], "score": e["score"]}
+                                for line, ents in zip(lines, found, strict=True) for e in ents]
+                        for writer, as_objects in writers:
+                            try:
+                                writer.write(objects if as_objects else rows)
+                            except OSError as exc:
+                                raise DataError(f"{output}: cannot write the predictions ({exc.strerror})") from None
+                    texts_n += len(texts)
+                    split += chunk_split
+                    kinds.update(e["type"] for ents in found for e in ents)
+            for writer, _ in writers:
+                try:
+                    writer.close()
+                except OSError as exc:
+                    raise DataError(f"{output}: cannot write the predictions ({exc.strerror})") from None
+        except BaseException:
+            for writer, _ in writers:
+                writer.abort()
+            raise
     if not quiet:
-        from collections import Counter
-
-        kinds = Counter(e["type"] for ents in found for e in ents)
         per = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
         where = f" -> {output}" if output != "-" else ""
         from bertcli.inference import rate
 
-        err_console.print(f"{len(texts)} texts, {sum(kinds.values())} entities" + (f" ({per})" if per else "")
-                          + f" ({rate(len(texts), seconds, 'texts')}, {tagger.precision} on {tagger.device})"
+        seconds = time.perf_counter() - started
+        err_console.print(f"{texts_n} texts, {sum(kinds.values())} entities" + (f" ({per})" if per else "")
+                          + f" ({rate(texts_n, seconds, 'texts')}, {tagger.precision} on {tagger.device})"
                           + where + (f"; {split} long texts tagged in several windows" if split else ""),
                           soft_wrap=True)
