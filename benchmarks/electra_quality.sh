@@ -16,19 +16,21 @@ W=${1:-runs/electra-quality}
 DATA=../shared/data
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$W"
-[ -f "$W/vocab/tokenizer.json" ] || \
-    bertcli train-vocab "$DATA/corpus" --out "$W/vocab" --vocab-size 16000 --encoding auto --force
+VOCAB=${VOCAB:-$W/vocab}  # a tokenizer directory; made here (the MLM run's command) unless it exists
+[ -f "$VOCAB/tokenizer.json" ] || \
+    bertcli train-vocab "$DATA/corpus" --out "$VOCAB" --vocab-size 16000 --encoding auto --force
 
 if [ -z "${PRETRAINED:-}" ]; then
     if [ -z "${STEPS:-}" ]; then
-        python benchmarks/electra_cost.py --corpus "$DATA/corpus" --tokenizer "$W/vocab" --encoding auto \
+        python benchmarks/electra_cost.py --corpus "$DATA/corpus" --tokenizer "$VOCAB" --encoding auto \
             --steps 2 --reps 3 > "$W/cost.json"
         STEPS=$(python -c "import json; print(round(1650 / json.load(open('$W/cost.json'))['ratio']))")
     fi
     echo "ELECTRA steps: $STEPS" >&2
-    bertcli pretrain "$DATA/corpus" --tokenizer "$W/vocab" --preset mini --objective electra --encoding auto \
+    TIMEFORMAT="pretrain CPU seconds: %U user + %S sys, %R wall"
+    time bertcli pretrain "$DATA/corpus" --tokenizer "$VOCAB" --preset mini --objective electra --encoding auto \
         --max-seq-length 128 --batch-size 32 --lr 1e-3 --max-steps "$STEPS" --eval-every $((STEPS / 5)) --seed 0 \
-        --generator-size 0.25 --rtd-weight 50 --out "$W/electra" --resume auto --quiet --json > "$W/pretrain.json"
+        --generator-size 0.25 --rtd-weight 50 --generator-temperature "${TEMPERATURE:-2}" --out "$W/electra" --resume auto --quiet --json > "$W/pretrain.json"
     PRETRAINED="$W/electra"
 fi
 SEEDS=${SEEDS:-0 1 2}

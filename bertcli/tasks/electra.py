@@ -59,7 +59,7 @@ def roc_auc(scores, labels) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _electra_model(disc_config: BertConfig, gen_config: BertConfig):
+def _electra_model(disc_config: BertConfig, gen_config: BertConfig, temperature: float = 1.0):
     import torch
     from torch import nn
 
@@ -81,7 +81,7 @@ def _electra_model(disc_config: BertConfig, gen_config: BertConfig):
             logits and the (B, T) ids the discriminator saw."""
             mlm_logits, _ = self.generator(masked_ids, attention_mask, token_type_ids, mlm_positions=positions)
             with torch.no_grad():  # sample from the generator's softmax by its inverse CDF; no gradient
-                cdf = torch.softmax(mlm_logits.detach().float(), dim=-1).cumsum(-1)  # (M, V)
+                cdf = torch.softmax(mlm_logits.detach().float() / temperature, dim=-1).cumsum(-1)  # (M, V)
                 u = (uniforms.float() * cdf[:, -1]).unsqueeze(-1).contiguous()  # (M, 1)
                 sampled = torch.searchsorted(cdf.contiguous(), u).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
                 replaced = input_ids.clone()
@@ -110,7 +110,7 @@ class ElectraPretrainingTask(PretrainingTask):
     def build_model(self):
         from bertcli.checkpoint import load_into
 
-        model = _electra_model(self.config, self.gen_config)
+        model = _electra_model(self.config, self.gen_config, self.electra.temperature)
         if self.init_state is not None:
             load_into(model.discriminator, self.init_state, self.init_source or "--init-from",
                       allow_missing=("rtd.",))
@@ -192,7 +192,8 @@ class ElectraPretrainingTask(PretrainingTask):
         from bertcli.checkpoint import save_checkpoint
 
         meta = {"objective": "electra", "max_seq_length": self.data.max_seq_length,
-                "generator_size": self.electra.generator_size, "rtd_weight": self.electra.rtd_weight}
+                "generator_size": self.electra.generator_size, "rtd_weight": self.electra.rtd_weight,
+                "generator_temperature": self.electra.temperature}
         files: dict[str, bytes] = {}
         with tempfile.TemporaryDirectory(prefix="bertcli-generator-") as tmp:
             gdir = save_checkpoint(Path(tmp) / GENERATOR_DIR, model.generator.state_dict(), self.gen_config,
