@@ -173,6 +173,29 @@ def test_finetune_from_the_electra_run(run, tmp_path):
     assert summary["steps"] == 3
 
 
+def test_discriminator_leaves_the_prior(vocab, tmp_path):
+    """The collapse of the first equal-compute run: once the generator has learnt the unigram distribution,
+    replacements sampled at temperature 1 can only be told from the originals by context, which a short run
+    has not learnt, and the discriminator sat at the prior (AUC 0.5). With the default recipe the held-out
+    AUC must rise clearly above 0.5 and the RTD loss below the prior's entropy within 200 tiny steps."""
+    from bertcli.tasks.pretraining import PretrainConfig, build_pretraining
+    from bertcli.train import fit
+
+    out = tmp_path / "learn"
+    task, args = build_pretraining([str(CORPUS)], str(out), tokenizer=str(vocab), config=PretrainConfig(model=dict(TINY)),
+                                   data_overrides={"objective": "electra", "max_seq_length": 32, "eval_fraction": 0.1},
+                                   train_overrides={**TRAIN, "max_steps": 200, "batch_size": 16, "eval_every": 100,
+                                                    "save_every": 0, "log_every": 50},
+                                   electra_overrides={"generator_size": 0.5})
+    fit(task, args)
+    evals = [json.loads(line)["eval"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    last = evals[-1]
+    p = last["replaced_fraction"]
+    prior_entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p))
+    assert last["rtd_auc"] >= 0.68, evals  # temperature 1 (the collapsed recipe): 0.57-0.63 here
+    assert last["rtd_loss"] < prior_entropy - 0.015, (last, prior_entropy)
+
+
 def test_roc_auc_hand_computed():
     from bertcli.tasks.electra import roc_auc
 
@@ -180,6 +203,11 @@ def test_roc_auc_hand_computed():
     assert roc_auc([0.8, 0.4, 0.5, 0.1, 0.4], [1, 1, 0, 0, 0]) == pytest.approx(4.5 / 6)
     assert roc_auc([3, 2, 1], [1, 1, 0]) == 1.0 and roc_auc([1, 2, 3], [1, 1, 0]) == 0.0
     assert np.isnan(roc_auc([1, 2], [0, 0]))
+    rng = np.random.default_rng(0)  # against the definition: the share of (positive, negative) pairs ranked right
+    scores, labels = rng.normal(size=60).round(1), rng.random(60) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    assert roc_auc(scores, labels) == pytest.approx(pairs)
 
 
 def test_generator_config_and_errors(vocab, tmp_path):
@@ -197,6 +225,8 @@ def test_generator_config_and_errors(vocab, tmp_path):
         ElectraOptions(generator_size=1.5)
     with pytest.raises(ConfigError, match="rtd_weight"):
         ElectraOptions(rtd_weight=0)
+    with pytest.raises(ConfigError, match="temperature"):
+        ElectraOptions(temperature=0)
     with pytest.raises(ConfigError, match="--arch electra"):
         build_pretraining([str(CORPUS)], str(tmp_path / "x"), tokenizer=str(vocab), arch="bert",
                           config=PretrainConfig(model=dict(TINY)), data_overrides={"objective": "electra"})
@@ -204,10 +234,11 @@ def test_generator_config_and_errors(vocab, tmp_path):
 
 def test_cli_electra_options(cli, vocab, tmp_path):
     result = cli("pretrain", CORPUS, "--tokenizer", vocab, "--objective", "electra", "--preset", "tiny",
-                 "--generator-size", "0.25", "--rtd-weight", "20", "--max-seq-length", "32", "--max-steps", "2",
+                 "--generator-size", "0.25", "--rtd-weight", "20", "--generator-temperature", "1.5", "--max-seq-length", "32", "--max-steps", "2",
                  "--batch-size", "4", "--eval-every", "0", "--device", "cpu", "--precision", "fp32", "--quiet",
                  "--json", "--out", tmp_path / "cli")
     assert result.exit_code == 0, result.output
     cfg = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert cfg["architectures"] == ["ElectraForPreTraining"] and cfg["bertcli"]["rtd_weight"] == 20.0
+    assert cfg["bertcli"]["generator_temperature"] == 1.5
     assert json.loads((tmp_path / "cli" / "generator" / "config.json").read_text())["hidden_size"] == 32
