@@ -64,6 +64,7 @@ def test_both_losses_fall_and_metrics(run):
     assert after["rtd_loss"] < before["rtd_loss"] - 0.1
     assert 0.0 < after["replaced_fraction"] < 0.2  # about mask_prob x (1 - the generator's hit rate)
     assert 0.0 <= after["rtd_auc"] <= 1.0 and 0.0 <= after["mlm_accuracy"] <= 1.0
+    assert 0.0 <= after["rtd_context_auc"] <= 1.0
     assert after["rtd_accuracy"] >= 1 - after["replaced_fraction"] - 0.05
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [e for e in evals if "rtd_auc" in json.dumps(e)]

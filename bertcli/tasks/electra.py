@@ -161,11 +161,15 @@ class ElectraPretrainingTask(PretrainingTask):
             examples = self._examples(self.eval_docs, seed=12345)[: self.data.max_eval_examples]
             self._eval_batches = [self._collate(examples[i:i + 64]) for i in range(0, len(examples), 64)]
         gen = make_generator("eval-masks")  # the same masks and samples at every evaluation
+        ctx_gen = make_generator("eval-context")
         mlm_sum, n_masked, mlm_correct, rtd_sum, rtd_correct = 0.0, 0, 0, 0.0, 0
-        scores, truth = [], []
+        scores, truth, ctx_scores, ctx_truth = [], [], [], []
         for batch in self._eval_batches:
             with torch.no_grad():
                 mlm_logits, targets, rtd_logits, rtd_labels = self._forward(model, batch, gen, device)
+                s, t = self._context_probe(model, batch, ctx_gen, device)
+            ctx_scores.append(s)
+            ctx_truth.append(t)
             if targets.numel():
                 mlm_sum += float(F.cross_entropy(mlm_logits.float(), targets, reduction="sum"))
                 mlm_correct += int((mlm_logits.argmax(-1) == targets).sum())
@@ -185,8 +189,25 @@ class ElectraPretrainingTask(PretrainingTask):
             "perplexity": math.exp(min(mlm_loss, 50.0)),
             "rtd_loss": rtd_loss, "rtd_accuracy": rtd_correct / n,
             "rtd_auc": roc_auc(scores_t.numpy(), truth_t.numpy()),
+            "rtd_context_auc": roc_auc(torch.cat(ctx_scores).numpy(), torch.cat(ctx_truth).numpy()),
             "replaced_fraction": float(truth_t.mean()),
         }
+
+    def _context_probe(self, model, batch, generator, device):
+        """Discriminator scores and labels (1 = replaced) on the batch with mask_prob of its tokens replaced by
+        tokens drawn from the batch itself, i.e. from the unigram distribution: a token's identity says nothing
+        about whether it was replaced, only its context does. A discriminator that has learnt only which tokens
+        are unlikely (a generator that is random, or sampled at a high temperature, replaces with rare tokens)
+        scores 0.5 here however high its ``rtd_auc``."""
+        torch = self._torch
+        ids, att = batch["input_ids"], batch["attention_mask"].bool()
+        words = att & ~torch.isin(ids, torch.tensor(self.special_ids, dtype=ids.dtype))
+        chosen = words & (torch.rand(ids.shape, generator=generator) < self.masking.mask_prob)
+        pool = ids[words]
+        replaced = ids.clone()
+        replaced[chosen] = pool[torch.randint(0, max(1, pool.numel()), (int(chosen.sum()),), generator=generator)]
+        logits = model.discriminator(replaced.to(device), att.to(device), batch["token_type_ids"].to(device))
+        return logits[att.to(device)].float().cpu(), (replaced != ids)[att].float()
 
     def checkpoint_payload(self, model) -> dict:
         from bertcli.checkpoint import save_checkpoint
