@@ -175,26 +175,31 @@ def test_finetune_from_the_electra_run(run, tmp_path):
 
 
 def test_discriminator_leaves_the_prior(vocab, tmp_path):
-    """The collapse of the first equal-compute run: once the generator has learnt the unigram distribution,
-    replacements sampled at temperature 1 can only be told from the originals by context, which a short run
-    has not learnt, and the discriminator sat at the prior (AUC 0.5). With the default recipe the held-out
-    AUC must rise clearly above 0.5 and the RTD loss below the prior's entropy within 200 tiny steps."""
+    """The collapse of the first equal-compute run: at a learning rate too high for it the generator learns the
+    unigram distribution before the discriminator has learnt anything; from then on replacements sampled at
+    temperature 1 can be told only by context and the discriminator sits at the prior (AUC 0.5). With the
+    default sampling (temperature 1) and a learning rate it can follow, the held-out AUC must rise clearly above
+    0.5, the RTD loss below the prior's entropy, and the discriminator must use context (replacements drawn
+    from the unigram distribution found above chance). Measured here: 0.73-0.76 (context 0.55-0.56) at lr 1e-3;
+    0.58-0.67 at lr 3e-3, where the race is lost; an untrained discriminator 0.5."""
     from bertcli.tasks.pretraining import PretrainConfig, build_pretraining
     from bertcli.train import fit
 
     out = tmp_path / "learn"
     task, args = build_pretraining([str(CORPUS)], str(out), tokenizer=str(vocab), config=PretrainConfig(model=dict(TINY)),
                                    data_overrides={"objective": "electra", "max_seq_length": 32, "eval_fraction": 0.1},
-                                   train_overrides={**TRAIN, "max_steps": 200, "batch_size": 16, "eval_every": 100,
-                                                    "save_every": 0, "log_every": 50},
+                                   train_overrides={**TRAIN, "max_steps": 200, "batch_size": 16, "lr": 1e-3,
+                                                    "eval_every": 100, "save_every": 0, "log_every": 50},
                                    electra_overrides={"generator_size": 0.5})
+    assert task.electra.temperature == 1.0  # the default is the paper's
     fit(task, args)
     evals = [json.loads(line)["eval"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     last = evals[-1]
     p = last["replaced_fraction"]
     prior_entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p))
-    assert last["rtd_auc"] >= 0.68, evals  # temperature 1 (the collapsed recipe): 0.57-0.63 here
+    assert last["rtd_auc"] >= 0.68, evals
     assert last["rtd_loss"] < prior_entropy - 0.015, (last, prior_entropy)
+    assert last["rtd_context_auc"] >= 0.53, evals
 
 
 def test_roc_auc_hand_computed():

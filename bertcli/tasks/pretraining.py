@@ -73,7 +73,7 @@ class ElectraOptions:
 
     generator_size: float = 0.25   # generator width / discriminator width (hidden, heads, intermediate)
     rtd_weight: float = 50.0       # weight of the discriminator's loss (Clark et al. 2020)
-    temperature: float = 2.0       # sampling temperature of the replacements (google-research/electra: 1.0)
+    temperature: float = 1.0       # sampling temperature of the replacements (as google-research/electra)
 
     def __post_init__(self) -> None:
         check_options(self)
