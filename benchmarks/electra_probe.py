@@ -61,8 +61,8 @@ def main() -> None:
                     new[chosen] = pool[torch.randint(0, pool.numel(), (int(chosen.sum()),), generator=g)]
                 with torch.no_grad():
                     logits = model(new, b["attention_mask"], b["token_type_ids"])
-                scores.append(logits[att])
-                labels.append((new != ids)[att])
+                scores.append(logits[words])  # as rtd_context_auc: the non-special tokens, 1 = chosen
+                labels.append(chosen[words])
             aucs[kind] = roc_auc(torch.cat(scores).numpy(), torch.cat(labels).numpy())
         b = batches[0]
         with torch.no_grad():

@@ -194,11 +194,13 @@ class ElectraPretrainingTask(PretrainingTask):
         }
 
     def _context_probe(self, model, batch, generator, device):
-        """Discriminator scores and labels (1 = replaced) on the batch with mask_prob of its tokens replaced by
-        tokens drawn from the batch itself, i.e. from the unigram distribution: a token's identity says nothing
-        about whether it was replaced, only its context does. A discriminator that has learnt only which tokens
-        are unlikely (a generator that is random, or sampled at a high temperature, replaces with rare tokens)
-        scores 0.5 here however high its ``rtd_auc``."""
+        """Discriminator scores and labels at the non-special tokens of the batch, mask_prob of them replaced by
+        tokens drawn from the batch itself, i.e. from the unigram distribution. The label is 1 at every chosen
+        position, also where the draw equals the original, so that the tokens at labelled and unlabelled
+        positions have the same distribution (special tokens, never chosen, are left out): a token's identity
+        says nothing about its label, only its context does. A discriminator that has learnt only which tokens are unlikely (a generator that is
+        random, or sampled at a high temperature, replaces with rare tokens) scores 0.5 here however high
+        its ``rtd_auc``."""
         torch = self._torch
         ids, att = batch["input_ids"], batch["attention_mask"].bool()
         words = att & ~torch.isin(ids, torch.tensor(self.special_ids, dtype=ids.dtype))
@@ -207,7 +209,7 @@ class ElectraPretrainingTask(PretrainingTask):
         replaced = ids.clone()
         replaced[chosen] = pool[torch.randint(0, max(1, pool.numel()), (int(chosen.sum()),), generator=generator)]
         logits = model.discriminator(replaced.to(device), att.to(device), batch["token_type_ids"].to(device))
-        return logits[att.to(device)].float().cpu(), (replaced != ids)[att].float()
+        return logits[words.to(device)].float().cpu(), chosen[words].float()
 
     def checkpoint_payload(self, model) -> dict:
         from bertcli.checkpoint import save_checkpoint
