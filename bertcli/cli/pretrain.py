@@ -59,6 +59,7 @@ def command(
     objective: Annotated[str | None, typer.Option("--objective", help="mlm+nsp (BERT's default), mlm+sop (ALBERT's sentence order, its default), mlm (RoBERTa-style packed sentences; the other families' default) or electra (replaced-token detection: a small generator fills the masks, the ELECTRA discriminator finds them; implies --arch electra).", rich_help_panel=_D)] = None,
     generator_size: Annotated[float | None, typer.Option("--generator-size", help="electra: the generator's width as a share of the discriminator's (default 0.25; the paper: 1/4 to 1/3).", rich_help_panel=_D)] = None,
     rtd_weight: Annotated[float | None, typer.Option("--rtd-weight", help="electra: weight of the replaced-token-detection loss against the generator's MLM loss (default 50).", rich_help_panel=_D)] = None,
+    generator_temperature: Annotated[float | None, typer.Option("--generator-temperature", help="electra: the temperature the replacements are sampled at from the generator's softmax (default 1, as the paper; above 1 the replacements are rarer tokens, which a discriminator can find from the token alone).", rich_help_panel=_D)] = None,
     max_seq_length: Annotated[int | None, typer.Option("--max-seq-length", help="Tokens per example (default 128).", rich_help_panel=_D)] = None,
     short_seq_prob: Annotated[float | None, typer.Option("--short-seq-prob", help="Share of shorter NSP examples (default 0.1).", rich_help_panel=_D)] = None,
     eval_fraction: Annotated[float | None, typer.Option("--eval-fraction", help="Share of documents held out for evaluation (default 0.02).", rich_help_panel=_D)] = None,
@@ -140,7 +141,8 @@ def command(
             task, args = build_pretraining(corpus, out, tokenizer=tokenizer, preset=preset, arch=arch, config=cfg,
                                            init_from=init_from, data_overrides=data, masking_overrides=masking,
                                            train_overrides=train, log=log,
-                                           electra_overrides=dict(generator_size=generator_size, rtd_weight=rtd_weight))
+                                           electra_overrides=dict(generator_size=generator_size, rtd_weight=rtd_weight,
+                                                                  temperature=generator_temperature))
         s = task.summary
         log(f"corpus: {s['files']} file(s), {s['documents']:,} documents ({s['heldout_documents']:,} held out), "
             f"{s['tokens']:,} tokens; objective {task.data.objective}; model {task.config.num_layers} layers, "

@@ -59,7 +59,7 @@ def roc_auc(scores, labels) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _electra_model(disc_config: BertConfig, gen_config: BertConfig):
+def _electra_model(disc_config: BertConfig, gen_config: BertConfig, temperature: float = 1.0):
     import torch
     from torch import nn
 
@@ -81,7 +81,7 @@ def _electra_model(disc_config: BertConfig, gen_config: BertConfig):
             logits and the (B, T) ids the discriminator saw."""
             mlm_logits, _ = self.generator(masked_ids, attention_mask, token_type_ids, mlm_positions=positions)
             with torch.no_grad():  # sample from the generator's softmax by its inverse CDF; no gradient
-                cdf = torch.softmax(mlm_logits.detach().float(), dim=-1).cumsum(-1)  # (M, V)
+                cdf = torch.softmax(mlm_logits.detach().float() / temperature, dim=-1).cumsum(-1)  # (M, V)
                 u = (uniforms.float() * cdf[:, -1]).unsqueeze(-1).contiguous()  # (M, 1)
                 sampled = torch.searchsorted(cdf.contiguous(), u).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
                 replaced = input_ids.clone()
@@ -110,7 +110,7 @@ class ElectraPretrainingTask(PretrainingTask):
     def build_model(self):
         from bertcli.checkpoint import load_into
 
-        model = _electra_model(self.config, self.gen_config)
+        model = _electra_model(self.config, self.gen_config, self.electra.temperature)
         if self.init_state is not None:
             load_into(model.discriminator, self.init_state, self.init_source or "--init-from",
                       allow_missing=("rtd.",))
@@ -161,11 +161,15 @@ class ElectraPretrainingTask(PretrainingTask):
             examples = self._examples(self.eval_docs, seed=12345)[: self.data.max_eval_examples]
             self._eval_batches = [self._collate(examples[i:i + 64]) for i in range(0, len(examples), 64)]
         gen = make_generator("eval-masks")  # the same masks and samples at every evaluation
+        ctx_gen = make_generator("eval-context")
         mlm_sum, n_masked, mlm_correct, rtd_sum, rtd_correct = 0.0, 0, 0, 0.0, 0
-        scores, truth = [], []
+        scores, truth, ctx_scores, ctx_truth = [], [], [], []
         for batch in self._eval_batches:
             with torch.no_grad():
                 mlm_logits, targets, rtd_logits, rtd_labels = self._forward(model, batch, gen, device)
+                s, t = self._context_probe(model, batch, ctx_gen, device)
+            ctx_scores.append(s)
+            ctx_truth.append(t)
             if targets.numel():
                 mlm_sum += float(F.cross_entropy(mlm_logits.float(), targets, reduction="sum"))
                 mlm_correct += int((mlm_logits.argmax(-1) == targets).sum())
@@ -185,14 +189,34 @@ class ElectraPretrainingTask(PretrainingTask):
             "perplexity": math.exp(min(mlm_loss, 50.0)),
             "rtd_loss": rtd_loss, "rtd_accuracy": rtd_correct / n,
             "rtd_auc": roc_auc(scores_t.numpy(), truth_t.numpy()),
+            "rtd_context_auc": roc_auc(torch.cat(ctx_scores).numpy(), torch.cat(ctx_truth).numpy()),
             "replaced_fraction": float(truth_t.mean()),
         }
+
+    def _context_probe(self, model, batch, generator, device):
+        """Discriminator scores and labels at the non-special tokens of the batch, mask_prob of them replaced by
+        tokens drawn from the batch itself, i.e. from the unigram distribution. The label is 1 at every chosen
+        position, also where the draw equals the original, so that the tokens at labelled and unlabelled
+        positions have the same distribution (special tokens, never chosen, are left out): a token's identity
+        says nothing about its label, only its context does. A discriminator that has learnt only which tokens are unlikely (a generator that is
+        random, or sampled at a high temperature, replaces with rare tokens) scores 0.5 here however high
+        its ``rtd_auc``."""
+        torch = self._torch
+        ids, att = batch["input_ids"], batch["attention_mask"].bool()
+        words = att & ~torch.isin(ids, torch.tensor(self.special_ids, dtype=ids.dtype))
+        chosen = words & (torch.rand(ids.shape, generator=generator) < self.masking.mask_prob)
+        pool = ids[words]
+        replaced = ids.clone()
+        replaced[chosen] = pool[torch.randint(0, max(1, pool.numel()), (int(chosen.sum()),), generator=generator)]
+        logits = model.discriminator(replaced.to(device), att.to(device), batch["token_type_ids"].to(device))
+        return logits[words.to(device)].float().cpu(), chosen[words].float()
 
     def checkpoint_payload(self, model) -> dict:
         from bertcli.checkpoint import save_checkpoint
 
         meta = {"objective": "electra", "max_seq_length": self.data.max_seq_length,
-                "generator_size": self.electra.generator_size, "rtd_weight": self.electra.rtd_weight}
+                "generator_size": self.electra.generator_size, "rtd_weight": self.electra.rtd_weight,
+                "generator_temperature": self.electra.temperature}
         files: dict[str, bytes] = {}
         with tempfile.TemporaryDirectory(prefix="bertcli-generator-") as tmp:
             gdir = save_checkpoint(Path(tmp) / GENERATOR_DIR, model.generator.state_dict(), self.gen_config,

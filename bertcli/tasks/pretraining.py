@@ -73,6 +73,7 @@ class ElectraOptions:
 
     generator_size: float = 0.25   # generator width / discriminator width (hidden, heads, intermediate)
     rtd_weight: float = 50.0       # weight of the discriminator's loss (Clark et al. 2020)
+    temperature: float = 1.0       # sampling temperature of the replacements (as google-research/electra)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -80,6 +81,8 @@ class ElectraOptions:
             raise ConfigError(f"electra option 'generator_size' must be in (0, 1], got {self.generator_size}")
         if not (self.rtd_weight > 0.0 and math.isfinite(self.rtd_weight)):
             raise ConfigError(f"electra option 'rtd_weight' must be a positive number, got {self.rtd_weight}")
+        if not (self.temperature > 0.0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"electra option 'temperature' must be a positive number, got {self.temperature}")
 
 
 @dataclass
