@@ -313,9 +313,11 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 
 def batched_logits(model, ids: list[list[int]], type_ids: list[list[int]], *, pad_id: int, batch_size: int,
-                   device, precision: str = "fp32", progress=None) -> np.ndarray:
+                   device, precision: str = "fp32", progress=None, batch_tokens: int | None = None) -> np.ndarray:
     """Logits (N, num_labels) float32 for pre-tokenized inputs, in the input order.
 
+    Batches of ``batch_size`` inputs, longest first; with ``batch_tokens``, length-sorted batches of at
+    most that many padded tokens instead (:func:`bertcli.embed.plan_batches`, as ``embed`` batches).
     ``progress(n, total)`` is called after each batch of ``n`` inputs.
     """
     import torch
@@ -323,12 +325,20 @@ def batched_logits(model, ids: list[list[int]], type_ids: list[list[int]], *, pa
     from bertcli.device import autocast
 
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    if batch_tokens is not None:
+        from bertcli.embed import plan_batches
+
+        if batch_tokens < 1:
+            raise ConfigError(f"--batch-tokens must be positive, got {batch_tokens}")
+        plan = [np.asarray(b, dtype=np.int64) for b in plan_batches(lengths.tolist(), batch_tokens)]
+    else:
+        plan = sorted_batches(lengths, batch_size)
     out: np.ndarray | None = None
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), autocast(device, precision):
-            for idx in sorted_batches(lengths, batch_size):
+            for idx in plan:
                 x, m, t = pad([ids[i] for i in idx], [type_ids[i] for i in idx], pad_id)
                 logits = model(x.to(device), m.to(device), t.to(device)).float().cpu().numpy()
                 if out is None:
