@@ -73,7 +73,8 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
             f"bertcli finetune --task classification|regression"
         )
     rows = int(head.shape[0])
-    regression = ckpt.hf_config.get("problem_type") == "regression" or task == "regression"
+    # a cross-encoder's one output is a score (bertcli rerank applies its activation)
+    regression = ckpt.hf_config.get("problem_type") == "regression" or task in ("regression", "cross-encoder")
     id2label = ckpt.id2label or {i: f"LABEL_{i}" for i in range(rows)}
     if regression and rows != 1:
         raise CheckpointError(f"{ckpt.path}: a regression model needs 1 output but the classifier head has {rows}")
