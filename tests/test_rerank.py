@@ -167,3 +167,15 @@ def test_rerank_command_usage_errors(cross_dir, cli, tmp_path):
     one_error_line(cli("rerank", "--model", cross_dir, "doc"), "give --query with DOCUMENTS, or --input")
     one_error_line(cli("rerank", "--model", cross_dir, "--query", "q"), "--query needs DOCUMENTS")
     one_error_line(cli("rerank", "--model", tmp_path, "--query", "q", "d"), "no config.json")
+
+
+def test_search_json_lines_are_candidates(tmp_path):
+    """``bertcli search --json`` output (query_id, results with _id / title / text) reads as candidates."""
+    from bertcli.retrieval.rerank import read_candidates
+
+    path = tmp_path / "run.jsonl"
+    path.write_text(json.dumps({"query_id": "q9", "query": "who", "results": [
+        {"rank": 1, "_id": "d1", "score": 0.5, "title": "Hamlet", "text": "a play"},
+        {"rank": 2, "_id": 7, "score": 0.4, "title": "", "text": "no title"}]}) + "\n")
+    (c,) = read_candidates(path)
+    assert (c.qid, c.query, c.doc_ids, c.documents) == ("q9", "who", ["d1", "7"], ["Hamlet a play", "no title"])

@@ -249,15 +249,17 @@ def _doc_entry(value: Any, where: str) -> tuple[str | None, str]:
         doc_id = value.get("_id", value.get("id"))
         if doc_id is not None and not isinstance(doc_id, (str, int)):
             raise DataError(f"{where}: 'id' must be a string or a number, got {type(doc_id).__name__}")
-        return (None if doc_id is None else str(doc_id)), (f"{title} {text}" if title else text)
+        return (None if doc_id is None else str(doc_id)), (f"{title} {text}".strip() if title else text)
     raise DataError(f"{where}: a document is a string or an object with 'text' (and 'id', 'title'), "
                     f"got {type(value).__name__}")
 
 
 def read_candidates(path: str | Path, encoding: str = "utf-8") -> list[Candidates]:
     """The queries of a candidates JSONL file (``-``: stdin): one object per line with ``query`` (the
-    text), ``documents`` (a list of texts, or of objects with ``text`` and optional ``id`` / ``title``:
-    the title is read before the text, as BEIR's rerankers do) and optional ``qid``."""
+    text), ``documents`` (a list of texts, or of objects with ``text`` and optional ``id`` / ``_id`` /
+    ``title``: the title is read before the text, ``title + " " + text`` as BEIR's rerankers do) and
+    optional ``qid``. The JSON lines of ``bertcli search --json`` (``query_id``, ``query``, ``results``)
+    are candidates files too."""
     from bertcli.data.tables import jsonl_records
     from bertcli.data.text import read_text
 
@@ -265,6 +267,8 @@ def read_candidates(path: str | Path, encoding: str = "utf-8") -> list[Candidate
     out: list[Candidates] = []
     for obj, line in jsonl_records(name, read_text(path, encoding).text.splitlines()):
         where = f"{name}, line {line}"
+        if "documents" not in obj and "results" in obj:  # bertcli search --json
+            obj = {**obj, "documents": obj["results"]}
         for key in ("query", "documents"):
             if key not in obj:
                 raise DataError(f"{where}: no '{key}' field (a candidates line is {{\"qid\": ..., \"query\": "
@@ -273,7 +277,7 @@ def read_candidates(path: str | Path, encoding: str = "utf-8") -> list[Candidate
             raise DataError(f"{where}: 'query' must be a string, got {type(obj['query']).__name__}")
         if not isinstance(obj["documents"], list):
             raise DataError(f"{where}: 'documents' must be a list, got {type(obj['documents']).__name__}")
-        qid = obj.get("qid", obj.get("_id", obj.get("id", str(line))))
+        qid = next((obj[k] for k in ("qid", "query_id", "_id", "id") if k in obj), str(line))
         if not isinstance(qid, (str, int)):
             raise DataError(f"{where}: 'qid' must be a string or a number, got {type(qid).__name__}")
         entries = [_doc_entry(d, f"{where}, documents[{k}]") for k, d in enumerate(obj["documents"])]
