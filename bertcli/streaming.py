@@ -310,10 +310,13 @@ _NPY_MAGIC = b"\x93NUMPY\x01\x00"
 _UNKNOWN_ROWS = 10**15  # the header reserved when the row count is not known in advance
 
 
-def _npy_header(rows: int, dim: int, size: int | None = None) -> bytes:
-    """A version 1.0 ``.npy`` header for a (rows, dim) little-endian float32 C array, padded with spaces
-    to ``size`` bytes (default: the next multiple of 64, as numpy writes it)."""
-    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+_DTYPES = {"float32": ("<f4", "F32", 4), "float16": ("<f2", "F16", 2)}  # numpy descr, safetensors dtype, bytes
+
+
+def _npy_header(rows: int, dim: int, size: int | None = None, dtype: str = "float32") -> bytes:
+    """A version 1.0 ``.npy`` header for a (rows, dim) little-endian float32 (or float16) C array, padded
+    with spaces to ``size`` bytes (default: the next multiple of 64, as numpy writes it)."""
+    text = f"{{'descr': '{_DTYPES[dtype][0]}', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
     size = size or -(-(len(_NPY_MAGIC) + 2 + len(text) + 1) // 64) * 64
     pad = size - len(_NPY_MAGIC) - 2 - len(text) - 1
     if pad < 0:
@@ -321,13 +324,15 @@ def _npy_header(rows: int, dim: int, size: int | None = None) -> bytes:
     return _NPY_MAGIC + (size - len(_NPY_MAGIC) - 2).to_bytes(2, "little") + (text + " " * pad + "\n").encode()
 
 
-def _safetensors_header(rows: int, dim: int, metadata: dict[str, str] | None, size: int | None = None) -> bytes:
-    """The 8-byte length and JSON header of a file holding one F32 tensor ``embeddings`` (rows, dim),
+def _safetensors_header(rows: int, dim: int, metadata: dict[str, str] | None, size: int | None = None,
+                        dtype: str = "float32") -> bytes:
+    """The 8-byte length and JSON header of a file holding one F32 (or F16) tensor ``embeddings`` (rows, dim),
     padded with spaces (as the format allows) so that the data starts at a multiple of 8, or at ``size``."""
     head: dict[str, Any] = {}
     if metadata:
         head["__metadata__"] = metadata
-    head["embeddings"] = {"dtype": "F32", "shape": [rows, dim], "data_offsets": [0, rows * dim * 4]}
+    _, name, width = _DTYPES[dtype]
+    head["embeddings"] = {"dtype": name, "shape": [rows, dim], "data_offsets": [0, rows * dim * width]}
     text = json.dumps(head, separators=(",", ":")).encode()
     size = size or 8 + -(-len(text) // 8) * 8
     if size - 8 < len(text):
@@ -341,14 +346,17 @@ class EmbeddingWriter:
     ``{"index", "text", "embedding"}`` on ``stream``, default stdout). ``total`` is the number of rows
     when known (then a different count is an error at :meth:`close`). A file is built under a temporary
     name and renamed into place by :meth:`close`; an exception inside the ``with`` block (or :meth:`abort`)
-    removes it and leaves an existing ``path`` as it was."""
+    removes it and leaves an existing ``path`` as it was. ``dtype="float16"`` stores half-precision rows
+    (``.npy`` and ``.safetensors``; the ``bertcli index --dtype fp16`` shards)."""
 
     def __init__(self, path: str, dim: int, *, total: int | None = None, metadata: dict[str, Any] | None = None,
-                 stream=None):
+                 stream=None, dtype: str = "float32"):
         from bertcli.embed import check_output
 
         self.kind = check_output(path)
-        self.path, self.dim, self.total, self.rows = path, dim, total, 0
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
+        self.path, self.dim, self.total, self.rows, self.dtype = path, dim, total, 0, dtype
         self.metadata = {k: str(v) for k, v in (metadata or {}).items()} or None
         self.tmp: str | None = None
         if self.kind == "-":
@@ -368,9 +376,9 @@ class EmbeddingWriter:
 
     def _header(self, rows: int, size: int | None = None) -> bytes:
         if self.kind == "npy":
-            return _npy_header(rows, self.dim, size)
+            return _npy_header(rows, self.dim, size, self.dtype)
         if self.kind == "safetensors":
-            return _safetensors_header(rows, self.dim, self.metadata, size)
+            return _safetensors_header(rows, self.dim, self.metadata, size, self.dtype)
         return b""
 
     def write(self, vectors, texts: Sequence[str] | None = None) -> None:
@@ -378,7 +386,8 @@ class EmbeddingWriter:
         import numpy as np
 
         array = vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors)
-        array = np.ascontiguousarray(array, dtype="<f4")
+        binary = self.kind in ("npy", "safetensors")
+        array = np.ascontiguousarray(array, dtype=_DTYPES[self.dtype][0] if binary else "<f4")
         if array.ndim != 2 or array.shape[1] != self.dim:
             raise ValueError(f"expected (n, {self.dim}) vectors, got {array.shape}")
         try:

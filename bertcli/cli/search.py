@@ -1,0 +1,100 @@
+"""bertcli search: the nearest documents of an index for each query."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bertcli.cli._common import (
+    BatchTokensOpt,
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    QuietOpt,
+    cli_command,
+    console,
+    emit_json,
+)
+
+NAME = "search"
+ORDER = 63
+EPILOG = """[bold]Examples[/]
+
+  bertcli search --index idx "how do I reset my password?"
+
+  bertcli search --index idx --queries queries.jsonl --top-k 100 --json > run.jsonl
+
+The model, pooling and query prefix come from the index's manifest (--model must name the same model).
+Scores are cosine similarities; exact search by default.
+"""
+
+IndexOpt = Annotated[str, typer.Option("--index", help="Index directory (from bertcli index).")]
+QueriesOpt = Annotated[str | None, typer.Option("--queries", help="Queries file: BEIR queries.jsonl, a CSV/TSV/JSONL table, or one query per line.")]
+QueryIdColumnOpt = Annotated[str | None, typer.Option("--query-id-column", help="Column of --queries with the query id (default: _id, id, query-id or qid).")]
+QueryTextColumnOpt = Annotated[str | None, typer.Option("--query-text-column", help="Column of --queries with the query text (default: text, query or question).")]
+IndexModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Query encoder (default: the index's model; another model is an error).")]
+
+
+def read_queries(texts, queries, id_column, text_column) -> dict[str, str]:
+    from bertcli.errors import DataError
+    from bertcli.retrieval.beir import load_queries
+
+    if texts and queries:
+        raise DataError("give queries as arguments or --queries FILE, not both")
+    if queries:
+        return load_queries(queries, id_column=id_column, text_column=text_column)
+    if not texts:
+        raise DataError("no queries: give them as arguments or --queries FILE")
+    return {str(i): t for i, t in enumerate(texts, 1)}
+
+
+@cli_command
+def command(
+    texts: Annotated[list[str] | None, typer.Argument(help="Query texts.", show_default=False)] = None,
+    index: IndexOpt = ...,
+    queries: QueriesOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Documents returned per query.")] = 10,
+    model: IndexModelOpt = None,
+    query_id_column: QueryIdColumnOpt = None,
+    query_text_column: QueryTextColumnOpt = None,
+    batch_tokens: BatchTokensOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Find the documents of an index nearest to each query (cosine similarity)."""
+    from bertcli.errors import ConfigError
+    from bertcli.retrieval.index import open_index
+    from bertcli.retrieval.search import search
+
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    idx = open_index(index)
+    qs = read_queries(texts, queries, query_id_column, query_text_column)
+    run = search(idx, qs, model=model, top_k=top_k, device=device, precision=precision, batch_tokens=batch_tokens)
+    render(idx, qs, run, json_out, quiet)
+
+
+def render(idx, qs: dict[str, str], run: dict[str, dict[str, float]], json_out: bool, quiet: bool) -> None:
+    """JSON lines ``{"query_id", "query", "results": [{"rank", "_id", "score", "title", "text"}]}`` or a table
+    per query."""
+    for qid, hits in run.items():
+        if json_out:
+            results = [{"rank": r, "_id": d, "score": s, "title": idx.document(d)["title"],
+                        "text": idx.document(d)["text"]} for r, (d, s) in enumerate(hits.items(), 1)]
+            emit_json({"query_id": qid, "query": qs[qid], "results": results})
+            continue
+        if quiet:
+            continue
+        from rich.table import Table
+
+        table = Table(title=f"{qid}: {qs[qid]}", title_justify="left", show_edge=False)
+        for col, kw in (("rank", {"justify": "right"}), ("score", {"justify": "right"}), ("id", {}),
+                        ("document", {"overflow": "fold"})):
+            table.add_column(col, **kw)
+        for r, (d, s) in enumerate(hits.items(), 1):
+            text = idx.text(d)
+            table.add_row(str(r), f"{s:.4f}", d, text if len(text) <= 200 else text[:197] + "...")
+        console.print(table)
