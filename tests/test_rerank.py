@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.conftest import one_error_line
+from conftest import one_error_line
 
 PAIRS = [
     ("what is the capital of france", "Paris is the capital and largest city of France."),

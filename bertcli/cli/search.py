@@ -25,6 +25,8 @@ EPILOG = """[bold]Examples[/]
 
   bertcli search --index idx --queries queries.jsonl --top-k 100 --json > run.jsonl
 
+  bertcli search --index idx "how do vaccines work" --rerank runs/cross --rerank-top 100 --top-k 10  [dim](cross-encoder rescoring)[/]
+
 The model, pooling and query prefix come from the index's manifest (--model must name the same model).
 Scores are cosine similarities; exact search by default.
 """
@@ -34,6 +36,8 @@ QueriesOpt = Annotated[str | None, typer.Option("--queries", help="Queries file:
 QueryIdColumnOpt = Annotated[str | None, typer.Option("--query-id-column", help="Column of --queries with the query id (default: _id, id, query-id or qid).")]
 QueryTextColumnOpt = Annotated[str | None, typer.Option("--query-text-column", help="Column of --queries with the query text (default: text, query or question).")]
 IndexModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Query encoder (default: the index's model; another model is an error).")]
+RerankOpt = Annotated[str | None, typer.Option("--rerank", help="Cross-encoder that rescores the first-stage results (see bertcli rerank).", show_default=False, rich_help_panel="Reranking")]
+RerankTopOpt = Annotated[int, typer.Option("--rerank-top", help="With --rerank: first-stage documents rescored per query; the rest follow in first-stage order.", rich_help_panel="Reranking")]
 
 
 def read_queries(texts, queries, id_column, text_column) -> dict[str, str]:
@@ -59,12 +63,14 @@ def command(
     query_id_column: QueryIdColumnOpt = None,
     query_text_column: QueryTextColumnOpt = None,
     batch_tokens: BatchTokensOpt = None,
+    rerank: RerankOpt = None,
+    rerank_top: RerankTopOpt = 100,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Find the documents of an index nearest to each query (cosine similarity)."""
+    """Find the documents of an index nearest to each query (cosine similarity), optionally reranked."""
     from bertcli.errors import ConfigError
     from bertcli.retrieval.index import open_index
     from bertcli.retrieval.search import search
@@ -73,8 +79,27 @@ def command(
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     idx = open_index(index)
     qs = read_queries(texts, queries, query_id_column, query_text_column)
-    run = search(idx, qs, model=model, top_k=top_k, device=device, precision=precision, batch_tokens=batch_tokens)
+    cross = load_reranker(rerank, rerank_top, device, precision)  # before the search: errors come first
+    depth = max(top_k, rerank_top) if cross else top_k
+    run = search(idx, qs, model=model, top_k=depth, device=device, precision=precision, batch_tokens=batch_tokens)
+    if cross:
+        from bertcli.retrieval.rerank import rerank_run
+
+        run = rerank_run(cross, qs, run, idx.text, top=rerank_top, keep_rest=True)
+        run = {q: dict(list(hits.items())[:top_k]) for q, hits in run.items()}
     render(idx, qs, run, json_out, quiet)
+
+
+def load_reranker(rerank: str | None, rerank_top: int, device: str, precision: str):
+    """The ``--rerank`` cross-encoder (None without one), ``--rerank-top`` checked."""
+    if rerank is None:
+        return None
+    from bertcli.errors import ConfigError
+    from bertcli.retrieval.rerank import load_cross_encoder
+
+    if rerank_top < 1:
+        raise ConfigError(f"--rerank-top must be at least 1, got {rerank_top}")
+    return load_cross_encoder(rerank, device=device, precision=precision)
 
 
 def render(idx, qs: dict[str, str], run: dict[str, dict[str, float]], json_out: bool, quiet: bool) -> None:

@@ -181,15 +181,16 @@ def first_stage_top(candidates: Mapping[str, float], top: int) -> list[str]:
 
 
 def rerank_run(cross: CrossEncoder, queries: Mapping[str, str], run: Mapping[str, Mapping[str, float]],
-               doc_text: Mapping[str, str] | Callable[[str], str], *, top: int = 100,
+               doc_text: Mapping[str, str] | Callable[[str], str], *, top: int = 100, keep_rest: bool = False,
                progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, float]]:
     """Rescore the ``top`` first-stage documents of each query of ``run`` with ``cross``.
 
     ``queries``: qid -> query text; ``run``: qid -> {doc_id: first-stage score}; ``doc_text``: doc id ->
     the text the cross-encoder reads (a mapping or a function, e.g. ``Index.text``). Returns the same
-    format holding, per query, its ``top`` documents with the cross-encoder's scores (documents below
-    ``top`` are dropped: their first-stage scores are not comparable with the new ones), best first.
-    ``progress(pairs_done, total)``.
+    format holding, per query, its ``top`` documents with the cross-encoder's scores, best first. The
+    documents below ``top`` are dropped, or with ``keep_rest`` follow in their first-stage order, scored
+    ``m - 1``, ``m - 2``, ... below the lowest cross-encoder score ``m`` (so that any ranking of the run by
+    score keeps them under the reranked ones). ``progress(pairs_done, total)``.
     """
     if top < 1:
         raise ConfigError(f"--rerank-top must be at least 1, got {top}")
@@ -220,7 +221,13 @@ def rerank_run(cross: CrossEncoder, queries: Mapping[str, str], run: Mapping[str
     out: dict[str, dict[str, float]] = {qid: {} for qid in run}
     for (qid, doc), s in zip(pairs, scores, strict=True):
         out[qid][doc] = float(s)
-    return {qid: {d: docs[d] for d in first_stage_top(docs, len(docs))} for qid, docs in out.items()}
+    ranked = {qid: {d: docs[d] for d in first_stage_top(docs, len(docs))} for qid, docs in out.items()}
+    if keep_rest:
+        for qid, candidates in run.items():
+            floor = min(ranked[qid].values(), default=0.0)
+            rest = [d for d in first_stage_top(candidates, len(candidates)) if d not in ranked[qid]]
+            ranked[qid].update({d: floor - 1.0 - k for k, d in enumerate(rest)})
+    return ranked
 
 
 # ============================================================ candidates files
