@@ -47,11 +47,12 @@ def test_search_rerank_reorders_the_top_by_cross_scores(setup, cli):
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in result.stdout.splitlines()]
     assert [x["query_id"] for x in lines] == list(queries)
+    pairs = [(queries[q], idx.text(d)) for q in queries for d in first[q]]
+    refs = ce_predict(setup / "cross", pairs).reshape(len(queries), 6)  # one CrossEncoder load
     moved = 0
-    for line in lines:
+    for line, ref in zip(lines, refs, strict=True):
         qid = line["query_id"]
         cands = list(first[qid])
-        ref = ce_predict(setup / "cross", [(queries[qid], idx.text(d)) for d in cands])
         want = [cands[i] for i in np.argsort(-ref, kind="stable")[:3]]
         assert [r["_id"] for r in line["results"]] == want
         np.testing.assert_allclose([r["score"] for r in line["results"]], np.sort(ref)[::-1][:3], atol=1e-5)
@@ -92,3 +93,18 @@ def test_rerank_option_errors(setup, cli, tmp_path):
     one_error_line(cli("evaluate-retrieval", "--index", setup / "idx", "--queries", setup / "queries.jsonl",
                        "--qrels", setup / "qrels.tsv", "--rerank", tmp_path / "nope"), "nope")
     one_error_line(cli("search", "--index", setup / "idx", "cat", "--rerank", setup / "idx"), "config.json")
+
+
+def test_search_json_piped_into_rerank_equals_search_rerank(setup, cli):
+    common = ("--index", setup / "idx", "--queries", setup / "queries.jsonl", "--device", "cpu", "--precision", "fp32",
+              "--json")
+    first = cli("search", *common, "--top-k", "6")
+    assert first.exit_code == 0, first.output
+    piped = cli("rerank", "--model", setup / "cross", "--input", "-", "--top-k", "3", "--device", "cpu",
+                "--precision", "fp32", "--json", input=first.stdout)
+    direct = cli("search", *common, "--top-k", "3", "--rerank", setup / "cross", "--rerank-top", "6")
+    assert piped.exit_code == 0 and direct.exit_code == 0, piped.output + direct.output
+    for p, d in zip(piped.stdout.splitlines(), direct.stdout.splitlines(), strict=True):
+        p, d = json.loads(p), json.loads(d)
+        assert p["qid"] == d["query_id"] and [r["id"] for r in p["results"]] == [r["_id"] for r in d["results"]]
+        np.testing.assert_allclose([r["score"] for r in p["results"]], [r["score"] for r in d["results"]], atol=1e-6)

@@ -256,7 +256,9 @@ def _doc_entry(value: Any, where: str) -> tuple[str | None, str]:
         doc_id = value.get("_id", value.get("id"))
         if doc_id is not None and not isinstance(doc_id, (str, int)):
             raise DataError(f"{where}: 'id' must be a string or a number, got {type(doc_id).__name__}")
-        return (None if doc_id is None else str(doc_id)), (f"{title} {text}".strip() if title else text)
+        from bertcli.retrieval.beir import doc_text
+
+        return (None if doc_id is None else str(doc_id)), doc_text({"title": title or "", "text": text})
     raise DataError(f"{where}: a document is a string or an object with 'text' (and 'id', 'title'), "
                     f"got {type(value).__name__}")
 
