@@ -2,7 +2,7 @@
 # The nDCG table of BENCHMARKS.md "Reranking and fine-tuned retrievers on SQuAD-BEIR" (issue 16):
 # all-MiniLM-L6-v2 as the bi-encoder; + a cross-encoder fine-tuned by bertcli from MiniLM's weights on
 # (question, paragraph, hard negative) triples mined by `bertcli mine-negatives`; an embedding model
-# fine-tuned with MNRL on the same triples. Small CPU runs (1 epoch, 2,000 training questions,
+# fine-tuned with MNRL on the same triples. Small CPU runs (1 epoch, 1,000 training questions,
 # --max-length 256); the rerankings rescore the top 20 of a 198-question test subset.
 #
 #   bash benchmarks/rerank_squad.sh prepare     # BEIR set, MiniLM index, qrels subsets, mined triples
@@ -26,8 +26,8 @@ prepare)
     $PY benchmarks/make_squad_beir.py --out $D
     mkdir -p $W
     timed index-minilm $B index --model "$MINILM" $D/corpus.jsonl --out $W/idx-minilm --device cpu --quiet
-    $PY benchmarks/rerank_squad_split.py $D $W --train 2000 --test-every 10
-    timed mine $B mine-negatives --index $W/idx-minilm --queries $D/queries.jsonl --qrels $W/train-2000.tsv \
+    $PY benchmarks/rerank_squad_split.py $D $W --train 1000 --test-every 10
+    timed mine $B mine-negatives --index $W/idx-minilm --queries $D/queries.jsonl --qrels $W/train-1000.tsv \
         --per-query 1 --out $W/triples.jsonl --device cpu --json
     ;;
 cross)
