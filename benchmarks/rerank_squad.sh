@@ -8,7 +8,7 @@
 #   bash benchmarks/rerank_squad.sh prepare     # BEIR set, MiniLM index, qrels subsets, mined triples
 #   bash benchmarks/rerank_squad.sh cross       # fine-tune the cross-encoder
 #   bash benchmarks/rerank_squad.sh mnrl        # fine-tune the bi-encoder (MNRL), index the corpus with it
-#   bash benchmarks/rerank_squad.sh evaluate    # every evaluate-retrieval run -> runs/rr/eval-*.json
+#   bash benchmarks/rerank_squad.sh evaluate [NAME...]  # evaluate-retrieval runs -> runs/rr/eval-NAME.json
 #   python benchmarks/rerank_squad_table.py     # the table -> benchmarks/results/rerank_squad.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,14 +41,20 @@ mnrl)
         --epochs 1 --batch-size 16 --lr 2e-5 --seed 0 --device cpu --out $W/mnrl --json --quiet > $W/mnrl.json
     timed index-mnrl $B index --model $W/mnrl $D/corpus.jsonl --out $W/idx-mnrl --device cpu --quiet
     ;;
-evaluate)
-    ev() { local name=$1; shift; timed "eval-$name" $B evaluate-retrieval --queries $D/queries.jsonl --device cpu --json "$@" > "$W/eval-$name.json"; }
+evaluate)  # evaluate [NAME...]: all by default
+    shift
+    want=" ${*:-minilm-test minilm-sub mnrl-test mnrl-sub minilm-cross-sub mnrl-cross-sub} "
+    ev() {
+        local name=$1; shift
+        [[ "$want" == *" $name "* ]] || return 0
+        timed "eval-$name" $B evaluate-retrieval --queries $D/queries.jsonl --device cpu --json "$@" > "$W/eval-$name.json"
+    }
     ev minilm-test --index $W/idx-minilm --qrels $D/qrels/test.tsv
     ev minilm-sub --index $W/idx-minilm --qrels $W/test-sub.tsv
-    [ -d $W/idx-mnrl ] && ev mnrl-test --index $W/idx-mnrl --qrels $D/qrels/test.tsv
-    [ -d $W/idx-mnrl ] && ev mnrl-sub --index $W/idx-mnrl --qrels $W/test-sub.tsv
-    [ -d $W/cross ] && ev minilm-cross-sub --index $W/idx-minilm --qrels $W/test-sub.tsv --rerank $W/cross --rerank-top $TOP
-    [ -d $W/cross ] && [ -d $W/idx-mnrl ] && ev mnrl-cross-sub --index $W/idx-mnrl --qrels $W/test-sub.tsv --rerank $W/cross --rerank-top $TOP
+    ev mnrl-test --index $W/idx-mnrl --qrels $D/qrels/test.tsv
+    ev mnrl-sub --index $W/idx-mnrl --qrels $W/test-sub.tsv
+    ev minilm-cross-sub --index $W/idx-minilm --qrels $W/test-sub.tsv --rerank $W/cross --rerank-top $TOP
+    ev mnrl-cross-sub --index $W/idx-mnrl --qrels $W/test-sub.tsv --rerank $W/cross --rerank-top $TOP
     ;;
 *) echo "usage: $0 prepare|cross|mnrl|evaluate" >&2; exit 2 ;;
 esac
