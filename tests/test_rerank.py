@@ -178,3 +178,12 @@ def test_search_json_lines_are_candidates(tmp_path):
         {"rank": 2, "_id": 7, "score": 0.4, "title": "", "text": "no title"}]}) + "\n")
     (c,) = read_candidates(path)
     assert (c.qid, c.query, c.doc_ids, c.documents) == ("q9", "who", ["d1", "7"], ["Hamlet a play", "no title"])
+
+
+def test_rerank_documents_from_stdin(cross_dir, cli, one_thread):
+    result = cli("rerank", "--model", cross_dir, "--query", PAIRS[3][0], "-", "--device", "cpu", "--precision", "fp32",
+                 "--json", input=f"{PAIRS[3][1]}\n\n{PAIRS[4][1]}\n")
+    assert result.exit_code == 0, result.output
+    ref = ce_predict(cross_dir, PAIRS[3:5])
+    got = {r["text"]: r["score"] for r in json.loads(result.stdout)["results"]}
+    assert got == pytest.approx({PAIRS[3][1]: ref[0], PAIRS[4][1]: ref[1]}, abs=2e-6)

@@ -21,7 +21,7 @@ from bertcli.cli._common import (
 )
 
 NAME = "rerank"
-ORDER = 58
+ORDER = 63.5  # after search (63), before evaluate-retrieval (64)
 EPILOG = """[bold]Examples[/]
 
   bertcli rerank --model cross-encoder/ms-marco-MiniLM-L6-v2 --query "who wrote hamlet" "Hamlet is a tragedy by Shakespeare." "Paris is in France."
