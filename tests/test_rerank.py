@@ -187,3 +187,19 @@ def test_rerank_documents_from_stdin(cross_dir, cli, one_thread):
     ref = ce_predict(cross_dir, PAIRS[3:5])
     got = {r["text"]: r["score"] for r in json.loads(result.stdout)["results"]}
     assert got == pytest.approx({PAIRS[3][1]: ref[0], PAIRS[4][1]: ref[1]}, abs=2e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_scores_equal_the_cpu(cross_dir):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from bertcli.retrieval.rerank import load_cross_encoder, score
+
+    qs, ds = [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    cpu = score(load_cross_encoder(cross_dir, device="cpu", precision="fp32"), qs, ds)
+    np.testing.assert_allclose(score(load_cross_encoder(cross_dir, device="cuda", precision="fp32"), qs, ds), cpu,
+                               atol=1e-4)
+    np.testing.assert_allclose(score(load_cross_encoder(cross_dir, device="cuda", precision="bf16"), qs, ds), cpu,
+                               atol=3e-2)

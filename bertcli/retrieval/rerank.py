@@ -106,7 +106,7 @@ def load_cross_encoder(model: str | Path, *, device: str = "auto", precision: st
     from bertcli.predict import load_classifier
 
     clf = load_classifier(model, device, precision, max_length)
-    budget = batch_tokens or DEFAULT_BATCH_TOKENS.get(clf.device.type, 4096)
+    budget = batch_tokens if batch_tokens is not None else DEFAULT_BATCH_TOKENS.get(clf.device.type, 4096)
     if budget < 1:
         raise ConfigError(f"--batch-tokens must be positive, got {budget}")
     clf.long_input = "truncate"  # a pair is scored as one input, never in windows
