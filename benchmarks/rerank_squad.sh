@@ -9,7 +9,7 @@
 #   bash benchmarks/rerank_squad.sh cross       # fine-tune the cross-encoder
 #   bash benchmarks/rerank_squad.sh mnrl        # fine-tune the bi-encoder (MNRL), index the corpus with it
 #   bash benchmarks/rerank_squad.sh evaluate [NAME...]  # evaluate-retrieval runs -> runs/rr/eval-NAME.json
-#   python benchmarks/rerank_squad_table.py     # the table -> benchmarks/results/rerank_squad.md
+#   python benchmarks/rerank_squad_table.py     # the table (benchmarks/results/rerank_squad.md has it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
