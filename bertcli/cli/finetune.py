@@ -25,7 +25,7 @@ EPILOG = """[bold]Examples[/]
 
   bertcli finetune --model runs/pretrained --task question-answering --train examples/data/qa_train.json --dev examples/data/qa_dev.json --max-length 384 --doc-stride 128 --lr 5e-5 --out runs/qa  [dim](SQuAD JSON; then bertcli predict --model runs/qa questions.json / bertcli answer)[/]
 
-  bertcli finetune --model models/all-MiniLM-L6-v2 --task cross-encoder --train triples.jsonl --text-column query --text-pair-column positive --negative-column negative --out runs/cross  [dim](a reranker: BCE on one logit; bertcli rerank / sentence-transformers CrossEncoder load it; scored pairs: --label-column with scores in [0, 1])[/]
+  bertcli finetune --model runs/pretrained --task cross-encoder --train triples.jsonl --text-column query --text-pair-column positive --negative-column negative --out runs/cross  [dim](a reranker: BCE on one logit; bertcli rerank / sentence-transformers CrossEncoder load it; scored pairs: --label-column with scores in [0, 1])[/]
 
   bertcli finetune --model runs/student --teacher runs/sst2-teacher --alpha 0.5 --temperature 2 --unlabelled more.tsv --train sst2.tsv --text-column sentence --label-column label --out runs/distilled  [dim](distillation: KL to the teacher + labels)[/]
 
