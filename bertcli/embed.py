@@ -371,12 +371,15 @@ def embed_file(source: Any, model: Any, output: str, *, pooling: str | None = No
     ``ListInput``) into ``output`` (``.npy``, ``.safetensors``, ``.jsonl`` or ``-``), ``chunk_size`` texts
     at a time, rows in input order; the output is renamed into place only when complete.
     ``metadata`` (plus pooling, normalize, max_length) goes into a ``.safetensors`` file."""
+    from bertcli.device import rank_world
     from bertcli.streaming import EmbeddingWriter, check_chunk_size
 
     size = check_chunk_size(chunk_size)
     enc = _as_encoder(model, device, precision)
     mode = check_pooling(pooling or enc.pooling)
     start = time.perf_counter()
+    if rank_world()[1] > 1:
+        return _embed_file_sharded(source, enc, output, mode, size, progress, metadata, stream, start, options)
     parts: list[EmbedStats] = []
     writer: EmbeddingWriter | None = None
     try:
@@ -396,6 +399,65 @@ def embed_file(source: Any, model: Any, output: str, *, pooling: str | None = No
             writer.abort()
         raise
     return merge_stats(parts, time.perf_counter() - start)
+
+
+def _embed_file_sharded(source, enc: Encoder, output: str, mode: str, size: int, progress, metadata, stream,
+                        start: float, options: dict[str, Any]) -> EmbedStats:
+    """:func:`embed_file` under ``torchrun``: rank r embeds chunks r, r + W, ... into part files beside the output
+    (a shared filesystem across nodes); after a barrier rank 0 writes them, with the texts, in input order into
+    ``output``, the same file one process writes, and removes the parts. The statistics add up every rank's."""
+    import dataclasses
+    import shutil
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from bertcli.device import barrier, rank_world
+    from bertcli.streaming import EmbeddingWriter
+
+    rank, world = rank_world()
+    base = Path(output).parent if output != "-" else Path(".")
+    parts_dir = base / f".{Path(output).name if output != '-' else 'stdout'}.embed-parts"
+    parts_dir.mkdir(exist_ok=True)
+    mine = ((i, texts) for i, texts in enumerate(source.chunks(size)) if i % world == rank)
+    order: list[int] = []
+
+    def chunks():
+        for i, texts in mine:
+            order.append(i)
+            yield texts
+
+    parts: list[EmbedStats] = []
+    for _texts, vectors, stats in embed_chunks(chunks(), enc, [mode], progress=progress, **options):
+        with EmbeddingWriter(str(parts_dir / f"{order[len(parts)]:07d}.npy"), stats.dim) as writer:
+            writer.write(vectors[mode])
+        parts.append(stats)
+    local = merge_stats(parts) if parts else None
+    totals = torch.tensor([local.count, local.tokens, local.truncated, local.batches] if local else [0] * 4,
+                          dtype=torch.long)
+    dist.all_reduce(totals)
+    barrier()
+    try:
+        if rank == 0:
+            if local is None:
+                raise DataError(f"{source.name}: no texts to embed")
+            meta = {**(metadata or {}), "pooling": local.pooling, "normalize": local.normalize,
+                    "max_length": local.max_length}
+            with EmbeddingWriter(output, local.dim, total=source.total, metadata=meta, stream=stream) as writer:
+                for i, texts in enumerate(source.chunks(size)):
+                    writer.write(np.load(parts_dir / f"{i:07d}.npy", allow_pickle=False), texts)
+    finally:
+        barrier()
+        if rank == 0:
+            shutil.rmtree(parts_dir, ignore_errors=True)
+    count, tokens, truncated, batches = totals.tolist()
+    if local is None:
+        return EmbedStats(count=count, dim=enc.dim, truncated=truncated, tokens=tokens, batches=batches,
+                          seconds=time.perf_counter() - start, pooling=mode, normalize=enc.normalize,
+                          max_length=enc.max_length, device=str(enc.device), precision=enc.precision)
+    return dataclasses.replace(local, count=count, tokens=tokens, truncated=truncated, batches=batches,
+                               seconds=time.perf_counter() - start)
 
 
 # ============================================================ similarity

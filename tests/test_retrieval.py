@@ -309,3 +309,27 @@ def test_mine_negatives_skips_positives_and_trains_mnrl(cli, corpus, built, tmp_
 
 def _model_of(index_dir: Path) -> str:
     return json.loads((index_dir / "manifest.json").read_text())["model"]
+
+
+def test_documents_read_by_shard(built):
+    from bertcli.retrieval.index import open_index
+
+    idx = open_index(built)
+    assert idx.document("d22")["_id"] == "d22" and idx.document("d7")["_id"] == "d7"
+    assert sorted(idx._shard_docs) == [1, 3] and idx._docs is None  # only the shards holding them were read
+    assert all(idx.document(i) == open_index(built).documents()[i] for i in idx.ids)
+    with pytest.raises(KeyError):
+        idx.document("nope")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_search_on_cuda_equals_cpu(built, corpus):
+    from bertcli.retrieval.beir import load_queries
+    from bertcli.retrieval.search import search
+
+    queries = load_queries(corpus / "queries.jsonl")
+    gpu = search(built, queries, top_k=5, device="cuda", precision="fp32")
+    cpu = search(built, queries, top_k=5, device="cpu", precision="fp32")
+    assert [list(h) for h in gpu.values()] == [list(h) for h in cpu.values()]
+    for q in cpu:
+        assert list(gpu[q].values()) == pytest.approx(list(cpu[q].values()), abs=1e-4)

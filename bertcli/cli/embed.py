@@ -111,13 +111,24 @@ def command(
     if pooling is not None:
         check_pooling(pooling)
     check_chunk_size(chunk_size)
-    with open_inputs(texts, input, column, delimiter, not no_quoting, not no_header, encoding) as source:
+    import os
+
+    from bertcli.cli._dist import distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and (input == "-" or list(texts or []) == ["-"]):
+        from bertcli.errors import DataError
+
+        raise DataError("under torchrun every rank reads the input itself: give --input FILE, not stdin")
+    with distributed() as rank, open_inputs(texts, input, column, delimiter, not no_quoting, not no_header,
+                                            encoding) as source:
         enc = load(model, device=device, precision=precision)
-        show = not quiet and source.total >= PROGRESS_MIN and sys.stderr.isatty()
+        show = not quiet and rank == 0 and source.total >= PROGRESS_MIN and sys.stderr.isatty()
         with progress_bar("embedding", source.total, enabled=show, unit="texts") as progress:
             s = embed_file(source, enc, output, pooling=pooling, normalize=normalize, max_length=max_length,
                            batch_tokens=batch_tokens, chunk_size=chunk_size, long_input=long_input, stride=stride, progress=progress,
                            metadata={"model": model})
+    if rank != 0:
+        return
     summary = {"output": output, **s.to_dict()}
     if json_out and kind != "-":
         emit_json(summary)

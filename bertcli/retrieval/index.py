@@ -26,7 +26,9 @@ shards; rank 0 commits them to the manifest in input order, so the index is the 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -137,6 +139,9 @@ class Index:
         self.manifest = manifest
         self._docs: dict[str, dict[str, str]] | None = None
         self._ids: list[str] | None = None
+        self._blocks: list[Any] | None = None  # the shards' vectors, after preload()
+        self._rows: dict[str, int] | None = None
+        self._shard_docs: dict[int, list[dict[str, str]]] = {}
 
     @property
     def count(self) -> int:
@@ -164,25 +169,35 @@ class Index:
 
     @property
     def ids(self) -> list[str]:
-        """Document ids in index order (row i of :meth:`vectors` is ``ids[i]``)."""
+        """Document ids in index order (row i of :meth:`vectors` is ``ids[i]``); the texts are not kept."""
         if self._ids is None:
-            self._ids = [d["_id"] for d in self.documents().values()]
+            if self._docs is not None:
+                self._ids = list(self._docs)
+            else:
+                self._ids = [d["_id"] for shard in self.manifest["shards"] for d in self._read_docs(shard)]
         return self._ids
 
     def documents(self) -> dict[str, dict[str, str]]:
-        """``{doc_id: {"_id", "title", "text"}}`` in index order."""
+        """``{doc_id: {"_id", "title", "text"}}`` in index order (every document in memory)."""
         if self._docs is None:
-            docs: dict[str, dict[str, str]] = {}
-            for shard in self.manifest["shards"]:
-                for doc in self._read_docs(shard):
-                    docs[doc["_id"]] = {"_id": doc["_id"], "title": str(doc.get("title") or ""),
-                                        "text": str(doc.get("text") or "")}
-            self._docs = docs
+            self._docs = {d["_id"]: _doc(d) for shard in self.manifest["shards"] for d in self._read_docs(shard)}
         return self._docs
 
     def document(self, doc_id: str) -> dict[str, str]:
-        """The document ``{"_id", "title", "text"}`` with this id (``KeyError`` when absent)."""
-        return self.documents()[doc_id]
+        """The document ``{"_id", "title", "text"}`` with this id (``KeyError`` when absent). Only the shard that
+        holds it is read (the last few shards read are kept)."""
+        if self._docs is not None:
+            return self._docs[doc_id]
+        if self._rows is None:
+            self._rows = {i: r for r, i in enumerate(self.ids)}
+        row = self._rows[doc_id]
+        ends = list(itertools.accumulate(s["count"] for s in self.manifest["shards"]))
+        k = bisect.bisect_right(ends, row)
+        if k not in self._shard_docs:
+            if len(self._shard_docs) >= 8:
+                self._shard_docs.pop(next(iter(self._shard_docs)))
+            self._shard_docs[k] = [_doc(d) for d in self._read_docs(self.manifest["shards"][k])]
+        return self._shard_docs[k][row - (ends[k] - self.manifest["shards"][k]["count"])]
 
     def text(self, doc_id: str) -> str:
         """``title + " " + text``, stripped: the text BEIR gives a cross-encoder for this document."""
@@ -207,11 +222,19 @@ class Index:
         return v.float()
 
     def iter_vectors(self) -> Iterator[tuple[int, Any]]:
-        """``(first_row, float32 tensor [n, D])`` for each shard, in index order (one shard in memory)."""
+        """``(first_row, float32 tensor [n, D])`` for each shard, in index order (one shard in memory, unless
+        :meth:`preload` put them all there)."""
         start = 0
         for i, shard in enumerate(self.manifest["shards"]):
-            yield start, self.shard_vectors(i)
+            yield start, (self._blocks[i] if self._blocks is not None else self.shard_vectors(i))
             start += shard["count"]
+
+    def preload(self, device: Any = None) -> Index:
+        """Keep every shard's vectors in memory (on ``device``), for many searches in one process: N x D x 4
+        bytes. Without it each search reads the shards again, one at a time."""
+        self._blocks = [self.shard_vectors(i) if device is None else self.shard_vectors(i).to(device)
+                        for i in range(len(self.manifest["shards"]))]
+        return self
 
     def vectors(self):
         """All vectors, ``[N, D]`` float32 (row i: document ``ids[i]``)."""
@@ -219,6 +242,10 @@ class Index:
 
         parts = [v for _, v in self.iter_vectors()]
         return torch.cat(parts) if parts else torch.empty((0, self.dim))
+
+
+def _doc(d: dict[str, Any]) -> dict[str, str]:
+    return {"_id": d["_id"], "title": str(d.get("title") or ""), "text": str(d.get("text") or "")}
 
 
 def open_index(path: str | Path) -> Index:
@@ -262,18 +289,6 @@ class BuildStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _dist() -> tuple[int, int]:
-    """(rank, world size) under torchrun (initialised process group or RANK/WORLD_SIZE), else (0, 1)."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:
-        pass
-    return 0, 1
 
 
 def _shard_name(k: int) -> str:
@@ -358,7 +373,9 @@ def build_index(
         check_pooling(pooling)
     size = check_chunk_size(chunk_size)
     out = Path(out)
-    rank, world = _dist()
+    from bertcli.device import barrier, rank_world
+
+    rank, world = rank_world()
     start = time.perf_counter()
     manifest_path = out / MANIFEST
     if rank == 0 and out.exists() and not manifest_path.exists() and any(
@@ -398,8 +415,9 @@ def build_index(
         resume_chunks = 0
         if pending is not None:
             if pending.get("sources") != sources:
-                raise ConfigError(f"{out}: an interrupted build of other inputs ({', '.join(s['path'] for s in pending.get('sources', [])[:3])}) "
-                                  f"is pending; rerun that command to finish it, or build into a new directory")
+                raise ConfigError(f"{out}: an interrupted build of other inputs (or of inputs changed since: "
+                                  f"{', '.join(s['path'] for s in pending.get('sources', [])[:3])}) is pending; rerun "
+                                  f"that command on the unchanged inputs to finish it, or build into a new directory")
             first = int(pending["first_shard"])
             size = int(pending["chunk_size"])
             resume_chunks = len(manifest["shards"]) - first
@@ -410,7 +428,7 @@ def build_index(
         _check_ids(corpus, earlier)
         resumed = sum(s["count"] for s in manifest["shards"][first:])
         manifest["pending"] = {"sources": sources, "first_shard": first, "chunk_size": size}
-        _barrier()  # every rank has read the manifest before rank 0 rewrites it
+        barrier()  # every rank has read the manifest before rank 0 rewrites it
         if rank == 0:
             write_manifest(out, manifest)
         prefix, mode = manifest["doc_prefix"], manifest["pooling"]
@@ -441,9 +459,11 @@ def build_index(
                 write_manifest(out, manifest)
         if world > 1:
             _commit_distributed(manifest, k, todo, size)
+            parts = [_sum_over_ranks(merge_stats(parts) if parts else None)]
         if rank == 0:
             del manifest["pending"]
             write_manifest(out, manifest)
+    parts = [p for p in parts if p is not None]
     merged = merge_stats(parts, time.perf_counter() - start) if parts else None
     return BuildStats(
         added=sum(p.count for p in parts), resumed=resumed, count=manifest["count"],
@@ -454,19 +474,70 @@ def build_index(
     )
 
 
-def _barrier() -> None:
+def _sum_over_ranks(stats):
+    """The count, tokens and truncated texts of every rank's chunks, added up (gloo all-reduce)."""
+    import dataclasses
+
+    import torch
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    local = [stats.count, stats.tokens, stats.truncated] if stats is not None else [0, 0, 0]
+    t = torch.tensor(local, dtype=torch.long)
+    dist.all_reduce(t)
+    count, tokens, truncated = t.tolist()
+    if stats is None:
+        return None  # this rank embedded nothing (rank 0 always has the first chunk when there is work)
+    return dataclasses.replace(stats, count=count, tokens=tokens, truncated=truncated)
 
 
 def _commit_distributed(manifest: dict[str, Any], first: int, todo: int, size: int) -> None:
     """After every rank wrote its shards (a barrier): list all of them in the manifest, in input order. Shard j of
     this run is chunk j of the input, ``size`` documents (the last one the rest), whichever rank wrote it."""
-    _barrier()
+    from bertcli.device import barrier
+
+    barrier()
     for j in range(-(-todo // size)):
         name = _shard_name(first + j)
         count = min(size, todo - j * size)
         manifest["shards"].append({"vectors": f"{name}.safetensors", "docs": f"{name}.jsonl", "count": count})
         manifest["count"] += count
+
+
+def write_index(out: str | Path, vectors, docs: Sequence[dict[str, str]], model: str | Path, *,
+                pooling: str = "mean", normalize: bool = True, max_length: int = 512, dtype: str = "fp32",
+                query_prefix: str = "", doc_prefix: str = "", shard_size: int = 10_000) -> Index:
+    """An index from vectors computed elsewhere (``[N, D]`` array or tensor, row i for ``docs[i]``, each
+    ``{"_id", "title", "text"}``), for ``model``'s queries: the same files :func:`build_index` writes. ``out``
+    must not exist yet. Used to import vectors and by the benchmarks' synthetic indexes."""
+    import numpy as np
+
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"{out}: exists already; write_index makes a new index")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype}: valid values: {', '.join(DTYPES)}")
+    array = vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors)
+    if array.ndim != 2 or len(array) != len(docs):
+        raise DataError(f"expected [N, D] vectors for {len(docs)} documents, got shape {list(array.shape)}")
+    ids = [d["_id"] for d in docs]
+    if len(set(ids)) != len(ids):
+        from bertcli.retrieval.beir import _duplicates_error
+
+        seen: set[str] = set()
+        raise _duplicates_error(str(out), "document", [i for i in ids if i in seen or seen.add(i)])
+    out.mkdir(parents=True)
+    manifest = {
+        "format": FORMAT, "version": VERSION, "model": str(Path(model).resolve()),
+        "model_fingerprint": model_fingerprint(model), "pooling": pooling, "normalize": bool(normalize),
+        "max_length": int(max_length), "dim": int(array.shape[1]), "count": 0, "dtype": dtype,
+        "query_prefix": query_prefix, "doc_prefix": doc_prefix, "score": "cosine", "shards": [],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    for k, start in enumerate(range(0, len(docs), shard_size)):
+        part = [{"_id": d["_id"], "title": d.get("title", ""), "text": d.get("text", "")}
+                for d in docs[start:start + shard_size]]
+        shard = _write_shard(out, k, array[start:start + shard_size], part, dtype, {"model": manifest["model"]})
+        manifest["shards"].append(shard)
+        manifest["count"] += shard["count"]
+    write_manifest(out, manifest)
+    return Index(out, manifest)

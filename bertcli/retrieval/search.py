@@ -109,6 +109,13 @@ def search(index: Any, queries: dict[str, str], *, model: Any = None, top_k: int
     qids = list(queries)
     vectors = encode_queries(index, [queries[q] for q in qids], model=model, device=device, precision=precision,
                              batch_tokens=batch_tokens, progress=progress)
+    return rank_vectors(index, qids, vectors, top_k, ann=ann, ann_options=ann_options, device=device)
+
+
+def rank_vectors(index: Any, qids: Sequence[str], vectors, top_k: int, *, ann: str | None = None,
+                 ann_options: dict[str, Any] | None = None, device: str = "auto") -> dict[str, dict[str, float]]:
+    """:func:`search` for query vectors already embedded (:func:`encode_queries`): the run ``{qid: {doc: score}}``."""
+    index = _as_index(index)
     if ann is not None:
         from bertcli.retrieval.ann import ann_search
 
