@@ -2,8 +2,10 @@
 
 Exact search (the default) multiplies a block of queries (``query_block``, 1024) by one shard of the index at a
 time and keeps a running top-k per query, so memory is ``query_block x shard rows`` scores plus one shard,
-whatever the index size; on a GPU the products run there. Ties are ranked by document id (ascending), as
-sentence-transformers' ``InformationRetrievalEvaluator`` ranks them.
+whatever the index size; on a GPU the products run there. Within the returned top k, ties are ranked by
+document id (ascending), as sentence-transformers' ``InformationRetrievalEvaluator`` ranks them; which of
+several documents tied exactly at the k-th score make the cut is up to ``torch.topk`` (sentence-transformers
+reselects those by id).
 
 Approximate search (``ann="hnsw"`` or ``"ivf"``, FAISS, the optional extra ``bertcli[ann]``): see
 :mod:`bertcli.retrieval.ann`.
