@@ -7,6 +7,7 @@
 #
 #   bash benchmarks/rerank_squad.sh prepare     # BEIR set, MiniLM index, qrels subsets, mined triples
 #   bash benchmarks/rerank_squad.sh cross       # fine-tune the cross-encoder
+#   LR=1e-4 bash benchmarks/rerank_squad.sh cross-mixed  # ... on mined + random negatives -> runs/rr/cross-mixed-lr$LR
 #   bash benchmarks/rerank_squad.sh mnrl        # fine-tune the bi-encoder (MNRL), index the corpus with it
 #   bash benchmarks/rerank_squad.sh evaluate [NAME...]  # evaluate-retrieval runs -> runs/rr/eval-NAME.json
 #   python benchmarks/rerank_squad_table.py     # the table (benchmarks/results/rerank_squad.md has it)
@@ -37,6 +38,14 @@ cross)
     # (earlier runs, batch 16 = 125 steps: --lr 5e-5 --max-length 256 and --lr 2e-4 --max-length 192 both stayed
     # at the prior, BCE 0.691 / 0.693, and reranked the top 20 no better than chance)
     ;;
+cross-mixed)  # each question twice: its mined negative and a random training paragraph (2,000 rows, 4,000 pairs)
+    LR="${LR:-1e-4}"
+    $PY benchmarks/rerank_squad_mix.py $D $W/triples.jsonl $W/triples-mixed.jsonl --seed 0
+    timed "finetune-cross-mixed-lr$LR" $B finetune --model "$MINILM" --task cross-encoder --train $W/triples-mixed.jsonl \
+        --text-column query --text-pair-column positive --negative-column negative --max-length 128 \
+        --epochs 1 --batch-size 8 --lr "$LR" --warmup 0.1 --seed 0 --device cpu --out "$W/cross-mixed-lr$LR" \
+        --json --quiet > "$W/cross-mixed-lr$LR.json"
+    ;;
 mnrl)
     timed finetune-mnrl $B finetune --model "$MINILM" --task sentence-embedding --loss mnrl --train $W/triples.jsonl \
         --text-column query --text-pair-column positive --negative-column negative --max-length 256 \
@@ -45,7 +54,7 @@ mnrl)
     ;;
 evaluate)  # evaluate [NAME...]: all by default
     shift
-    want=" ${*:-minilm-test minilm-sub mnrl-test mnrl-sub minilm-cross-sub mnrl-cross-sub} "
+    want=" ${*:-minilm-test minilm-sub mnrl-test mnrl-sub minilm-cross-sub mnrl-cross-sub minilm-cross-mixed-lr5e-5-sub minilm-cross-mixed-lr1e-4-sub} "
     ev() {
         local name=$1; shift
         [[ "$want" == *" $name "* ]] || return 0
@@ -57,6 +66,11 @@ evaluate)  # evaluate [NAME...]: all by default
     ev mnrl-sub --index $W/idx-mnrl --qrels $W/test-sub.tsv
     ev minilm-cross-sub --index $W/idx-minilm --qrels $W/test-sub.tsv --rerank $W/cross --rerank-top $TOP
     ev mnrl-cross-sub --index $W/idx-mnrl --qrels $W/test-sub.tsv --rerank $W/cross --rerank-top $TOP
+    for lr in 5e-5 1e-4; do  # the cross-mixed runs
+        [[ -d "$W/cross-mixed-lr$lr" ]] || continue
+        ev "minilm-cross-mixed-lr$lr-sub" --index $W/idx-minilm --qrels $W/test-sub.tsv \
+            --rerank "$W/cross-mixed-lr$lr" --rerank-top $TOP
+    done
     ;;
-*) echo "usage: $0 prepare|cross|mnrl|evaluate" >&2; exit 2 ;;
+*) echo "usage: $0 prepare|cross|cross-mixed|mnrl|evaluate" >&2; exit 2 ;;
 esac

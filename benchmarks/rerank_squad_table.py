@@ -19,6 +19,10 @@ ROWS = [  # (eval name, label, baseline eval name for the deltas)
     ("minilm-sub", "all-MiniLM-L6-v2 (bi-encoder)", None),
     ("minilm-cross-lr2e-4-sub", "+ cross-encoder from MiniLM (batch 16, lr 2e-4, 125 steps), top 20", "minilm-sub"),
     ("minilm-cross-sub", "+ cross-encoder from MiniLM (batch 8, lr 1e-4, 250 steps), top 20", "minilm-sub"),
+    ("minilm-cross-mixed-lr5e-5-sub", "+ cross-encoder from MiniLM, mined + random negatives (batch 8, lr 5e-5, "
+     "500 steps), top 20", "minilm-sub"),
+    ("minilm-cross-mixed-lr1e-4-sub", "+ cross-encoder from MiniLM, mined + random negatives (batch 8, lr 1e-4, "
+     "500 steps), top 20", "minilm-sub"),
     ("mnrl-sub", "MiniLM fine-tuned, MNRL + mined negatives", "minilm-sub"),
     ("mnrl-cross-sub", "MNRL model + cross-encoder, top 20", "minilm-sub"),
 ]
