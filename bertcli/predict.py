@@ -36,14 +36,16 @@ class Classifier:
     windowed: int = 0  # texts split into windows by the last logits() call
 
     def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
-               progress=None) -> tuple[np.ndarray, int]:
-        """(logits (N, K), number of truncated inputs)."""
+               progress=None, batch_tokens: int | None = None) -> tuple[np.ndarray, int]:
+        """(logits (N, K), number of truncated inputs); ``batch_tokens``: token-budget batches instead of
+        ``batch_size`` inputs (see :func:`bertcli.tasks.classification.batched_logits`)."""
         from bertcli.tasks.classification import batched_logits
         from bertcli.windows import combine, encode_texts
 
         enc = encode_texts(self.tokenizer, texts, pairs, self.max_length, self.long_input, self.stride)
         out = batched_logits(self.model, enc.ids, enc.type_ids, pad_id=self.tokenizer.pad_id,
-                             batch_size=batch_size, device=self.device, precision=self.precision, progress=progress)
+                             batch_size=batch_size, device=self.device, precision=self.precision, progress=progress,
+                             batch_tokens=batch_tokens)
         self.windowed = enc.windowed
         return combine(out, enc.doc, len(texts), self.window_pooling), enc.truncated
 
@@ -71,7 +73,8 @@ def load_classifier(model_dir: str | Path, device: str = "auto", precision: str 
             f"bertcli finetune --task classification|regression"
         )
     rows = int(head.shape[0])
-    regression = ckpt.hf_config.get("problem_type") == "regression" or task == "regression"
+    # a cross-encoder's one output is a score (bertcli rerank applies its activation)
+    regression = ckpt.hf_config.get("problem_type") == "regression" or task in ("regression", "cross-encoder")
     id2label = ckpt.id2label or {i: f"LABEL_{i}" for i in range(rows)}
     if regression and rows != 1:
         raise CheckpointError(f"{ckpt.path}: a regression model needs 1 output but the classifier head has {rows}")

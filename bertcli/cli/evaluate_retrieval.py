@@ -15,7 +15,15 @@ from bertcli.cli._common import (
     console,
     emit_json,
 )
-from bertcli.cli.search import IndexModelOpt, IndexOpt, QueryIdColumnOpt, QueryTextColumnOpt
+from bertcli.cli.search import (
+    IndexModelOpt,
+    IndexOpt,
+    QueryIdColumnOpt,
+    QueryTextColumnOpt,
+    RerankOpt,
+    RerankTopOpt,
+    load_reranker,
+)
 
 NAME = "evaluate-retrieval"
 ORDER = 64
@@ -24,6 +32,8 @@ EPILOG = """[bold]Examples[/]
   bertcli evaluate-retrieval --index idx --queries beir/scifact/queries.jsonl --qrels beir/scifact/qrels/test.tsv
 
   bertcli evaluate-retrieval --index idx --queries q.jsonl --qrels qrels.tsv --json  [dim](per query too)[/]
+
+  bertcli evaluate-retrieval --index idx --queries q.jsonl --qrels qrels.tsv --rerank runs/cross --rerank-top 100
 
 Metrics as sentence-transformers' InformationRetrievalEvaluator defines them (BEIR's for binary
 judgements): ties ranked by document id; unjudged documents are not relevant; queries without a
@@ -42,6 +52,8 @@ def command(
     query_id_column: QueryIdColumnOpt = None,
     query_text_column: QueryTextColumnOpt = None,
     batch_tokens: BatchTokensOpt = None,
+    rerank: RerankOpt = None,
+    rerank_top: RerankTopOpt = 100,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     json_out: JsonOpt = False,
@@ -57,15 +69,21 @@ def command(
     judged = load_qrels(qrels)
     check_qrels(idx, judged, qs, qrels, queries)
     wanted = {q: qs[q] for q in judged}
-    run = search(idx, wanted, model=model, top_k=max(K_VALUES), device=device, precision=precision,
-                 batch_tokens=batch_tokens)
+    cross = load_reranker(rerank, rerank_top, device, precision)
+    run = search(idx, wanted, model=model, top_k=max(max(K_VALUES), rerank_top if cross else 0), device=device,
+                 precision=precision, batch_tokens=batch_tokens)
+    if cross:  # the top --rerank-top rescored; the rest keep their first-stage order below them
+        from bertcli.retrieval.rerank import rerank_run
+
+        run = rerank_run(cross, wanted, run, idx.text, top=rerank_top, keep_rest=True)
     result = evaluate(judged, run)
     if json_out:
         emit_json(result)
         return
     from rich.table import Table
 
-    table = Table(title=f"{index}: {result['queries']} queries", title_justify="left", show_edge=False)
+    title = f"{index}: {result['queries']} queries" + (f", top {rerank_top} reranked by {rerank}" if cross else "")
+    table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in SHOWN:

@@ -25,6 +25,8 @@ EPILOG = """[bold]Examples[/]
 
   bertcli finetune --model runs/pretrained --task question-answering --train examples/data/qa_train.json --dev examples/data/qa_dev.json --max-length 384 --doc-stride 128 --lr 5e-5 --out runs/qa  [dim](SQuAD JSON; then bertcli predict --model runs/qa questions.json / bertcli answer)[/]
 
+  bertcli finetune --model runs/pretrained --task cross-encoder --train triples.jsonl --text-column query --text-pair-column positive --negative-column negative --out runs/cross  [dim](a reranker: BCE on one logit; bertcli rerank / sentence-transformers CrossEncoder load it; scored pairs: --label-column with scores in [0, 1])[/]
+
   bertcli finetune --model runs/student --teacher runs/sst2-teacher --alpha 0.5 --temperature 2 --unlabelled more.tsv --train sst2.tsv --text-column sentence --label-column label --out runs/distilled  [dim](distillation: KL to the teacher + labels)[/]
 
   bertcli finetune --model runs/minilm-l3 --teacher all-MiniLM-L6-v2 --task sentence-embedding --train sentences.txt --out runs/minilm-l3-distilled  [dim](learn the teacher's embeddings, MSE; no labels)[/]
@@ -45,7 +47,7 @@ EPILOG = """[bold]Examples[/]
 @cli_command
 def command(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint to start from (bertcli's or Hugging Face's).", show_default=False)] = None,
-    task: Annotated[str | None, typer.Option("--task", help="classification | regression | token-classification | question-answering | sentence-embedding (default: classification)", show_default=False)] = None,
+    task: Annotated[str | None, typer.Option("--task", help="classification | regression | cross-encoder | token-classification | question-answering | sentence-embedding (default: classification)", show_default=False)] = None,
     train: Annotated[str | None, typer.Option("--train", help="Training file (.csv, .tsv, .jsonl; CoNLL token<TAB>tag for token-classification; SQuAD JSON for question-answering).", show_default=False)] = None,
     dev: Annotated[str | None, typer.Option("--dev", help="Dev file: evaluated each epoch; picks the best model.", show_default=False)] = None,
     test: Annotated[str | None, typer.Option("--test", help="Test file: evaluated once with the best model.", show_default=False)] = None,
@@ -62,7 +64,7 @@ def command(
     patience: Annotated[int | None, typer.Option("--patience", help="Stop after N evaluations without improvement.", show_default=False)] = None,
     class_weights: Annotated[str | None, typer.Option("--class-weights", help="auto (inverse class frequency) | none (default: none)", show_default=False)] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for every random choice. (default: 0)", show_default=False)] = None,
-    metric: Annotated[str | None, typer.Option("--metric", help="Dev metric for the best model: accuracy, macro_f1, mcc, loss (classification); spearman, pearson, mse, loss (regression); spearman, pearson, loss (sentence-embedding); f1, precision, recall, loss (token-classification: entity-level, seqeval); f1, exact_match, loss (question-answering: official SQuAD, 0-100).", show_default=False)] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Dev metric for the best model: accuracy, macro_f1, mcc, loss (classification); spearman, pearson, mse, loss (regression); loss, accuracy (cross-encoder); spearman, pearson, loss (sentence-embedding); f1, precision, recall, loss (token-classification: entity-level, seqeval); f1, exact_match, loss (question-answering: official SQuAD, 0-100).", show_default=False)] = None,
     delimiter: Annotated[str | None, typer.Option("--delimiter", help="Field delimiter (',', 'tab', ...); default: by file extension.", show_default=False)] = None,
     no_quoting: Annotated[bool | None, typer.Option("--no-quoting", help="Treat double quotes as text (STS-B, MRPC).", show_default=False)] = None,
     no_header: Annotated[bool | None, typer.Option("--no-header", help="Files have no header row; name columns by index.", show_default=False)] = None,
@@ -80,7 +82,7 @@ def command(
     null_threshold: Annotated[float | None, typer.Option("--null-threshold", help="QA (SQuAD 2.0): answer 'no answer' when the [CLS] score beats the best span by more than this. (default: 0.0)", show_default=False, rich_help_panel="Question answering")] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="Sentence embeddings: cosine (scored pairs) | mnrl (pairs, in-batch negatives) | triplet | softmax (NLI labels).", show_default=False, rich_help_panel="Sentence embeddings")] = None,
     pooling: Annotated[str | None, typer.Option("--pooling", help="Sentence embeddings: mean | cls | max, saved with the model. (default: mean)", show_default=False, rich_help_panel="Sentence embeddings")] = None,
-    negative_column: Annotated[str | None, typer.Option("--negative-column", help="Sentence embeddings: column with the negative text (triplet; optional hard negatives for mnrl).", show_default=False, rich_help_panel="Sentence embeddings")] = None,
+    negative_column: Annotated[str | None, typer.Option("--negative-column", help="Sentence embeddings: column with the negative text (triplet; optional hard negatives for mnrl). Cross-encoder: the negative document of (query, positive, negative) triples.", show_default=False, rich_help_panel="Sentence embeddings")] = None,
     label_scale: Annotated[float | None, typer.Option("--label-scale", help="Sentence embeddings: divide scores by this (e.g. 5 for STS-B's 0-5 scores).", show_default=False, rich_help_panel="Sentence embeddings")] = None,
     # ---- run control (issue 19a: steps, restarts, reporting, cached models; bertcli.restarts) ----
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (wins over --epochs).", show_default=False, rich_help_panel=_RUN)] = None,
@@ -114,7 +116,7 @@ def command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
-    """Fine-tune a checkpoint: text or pair classification, regression, NER, extractive QA, sentence embeddings."""
+    """Fine-tune a checkpoint: text or pair classification, regression, cross-encoders, NER, extractive QA, sentence embeddings."""
     from bertcli.config import merge_options
     from bertcli.paths import check_outputs
     from bertcli.tasks.classification import FinetuneOptions, finetune, options_from_yaml

@@ -26,6 +26,8 @@ EPILOG = """[bold]Examples[/]
 
   bertcli search --index idx --queries queries.jsonl --top-k 100 --json > run.jsonl
 
+  bertcli search --index idx "how do vaccines work" --rerank runs/cross --rerank-top 100 --top-k 10  [dim](cross-encoder rescoring)[/]
+
 The model, pooling and query prefix come from the index's manifest (--model must name the same model).
 Scores are cosine similarities; exact search by default.
 """
@@ -36,6 +38,8 @@ QueryIdColumnOpt = Annotated[str | None, typer.Option("--query-id-column", help=
 QueryTextColumnOpt = Annotated[str | None, typer.Option("--query-text-column", help="Column of --queries with the query text (default: text, query or question).")]
 AnnOpt = Annotated[str | None, typer.Option("--ann", help="hnsw | ivf: approximate search with FAISS (pip install 'bertcli\\[ann]'), built once and cached in the index.", rich_help_panel="Approximate search")]
 IndexModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Query encoder (default: the index's model; another model is an error).")]
+RerankOpt = Annotated[str | None, typer.Option("--rerank", help="Cross-encoder that rescores the first-stage results (see bertcli rerank).", show_default=False, rich_help_panel="Reranking")]
+RerankTopOpt = Annotated[int, typer.Option("--rerank-top", help="With --rerank: first-stage documents rescored per query; the rest follow in first-stage order.", rich_help_panel="Reranking")]
 
 
 def read_queries(texts, queries, id_column, text_column) -> dict[str, str]:
@@ -61,6 +65,8 @@ def command(
     query_id_column: QueryIdColumnOpt = None,
     query_text_column: QueryTextColumnOpt = None,
     batch_tokens: BatchTokensOpt = None,
+    rerank: RerankOpt = None,
+    rerank_top: RerankTopOpt = 100,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     ann: AnnOpt = None,
@@ -73,7 +79,7 @@ def command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Find the documents of an index nearest to each query (cosine similarity)."""
+    """Find the documents of an index nearest to each query (cosine similarity), optionally reranked."""
     from bertcli.errors import ConfigError
     from bertcli.retrieval.index import open_index
     from bertcli.retrieval.search import encode_queries, rank_vectors
@@ -83,10 +89,12 @@ def command(
     idx = open_index(index)
     options = ann_options(ann, m=m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, nprobe=nprobe)
     qs = read_queries(texts, queries, query_id_column, query_text_column)
+    cross = load_reranker(rerank, rerank_top, device, precision)  # before the search: errors come first
+    depth = max(top_k, rerank_top) if cross else top_k
     qids = list(qs)
     vectors = encode_queries(idx, [qs[q] for q in qids], model=model, device=device, precision=precision,
                              batch_tokens=batch_tokens)
-    run = rank_vectors(idx, qids, vectors, top_k, ann=ann, ann_options=options, device=device)
+    run = rank_vectors(idx, qids, vectors, depth, ann=ann, ann_options=options, device=device)
     if ann is not None and recall_sample > 0:
         from bertcli.retrieval.ann import ann_recall, resolve
 
@@ -94,7 +102,24 @@ def command(
         shown = ", ".join(f"{k}={v}" for k, v in resolve(ann, idx.count, **options).items())
         err_console.print(f"--ann {ann} ({shown}): recall@10 against exact search {recall:.4f} on "
                           f"{min(recall_sample, len(qids))} queries", soft_wrap=True)
+    if cross:
+        from bertcli.retrieval.rerank import rerank_run
+
+        run = rerank_run(cross, qs, run, idx.text, top=rerank_top, keep_rest=True)
+        run = {q: dict(list(hits.items())[:top_k]) for q, hits in run.items()}
     render(idx, qs, run, json_out, quiet)
+
+
+def load_reranker(rerank: str | None, rerank_top: int, device: str, precision: str):
+    """The ``--rerank`` cross-encoder (None without one), ``--rerank-top`` checked."""
+    if rerank is None:
+        return None
+    from bertcli.errors import ConfigError
+    from bertcli.retrieval.rerank import load_cross_encoder
+
+    if rerank_top < 1:
+        raise ConfigError(f"--rerank-top must be at least 1, got {rerank_top}")
+    return load_cross_encoder(rerank, device=device, precision=precision)
 
 
 def ann_options(ann: str | None, **given) -> dict:

@@ -1,4 +1,5 @@
-"""Sequence classification and regression on CSV/TSV/JSONL tables (single texts or pairs).
+"""Sequence classification and regression on CSV/TSV/JSONL tables (single texts or pairs), and
+cross-encoders for reranking.
 
 The task supplies the training loop (``bertcli.train.fit``) with a model (encoder + pooler +
 linear head), length-grouped batches of pre-tokenized examples, the loss (cross-entropy with
@@ -6,6 +7,14 @@ optional class weights, or mean squared error), dev metrics, and the checkpoint 
 (``id2label``/``label2id``/``problem_type`` in ``config.json`` so transformers
 ``BertForSequenceClassification`` loads it; the training columns in the ``bertcli`` block so
 ``predict`` knows which columns to read).
+
+``--task cross-encoder`` is the same model with one output trained with binary cross-entropy on the
+logit (sentence-transformers' ``CrossEncoder`` ``BinaryCrossEntropyLoss``), from (query, positive,
+negative) triples (``--text-column``, ``--text-pair-column``, ``--negative-column``: each row gives the
+pairs (query, positive) labelled 1 and (query, negative) labelled 0) or from scored pairs
+(``--label-column``, scores in [0, 1]). Its checkpoint names the sigmoid as its activation and the
+training length as the tokenizer's ``model_max_length``, so that sentence-transformers ``CrossEncoder``
+loads it and scores as ``bertcli rerank`` does.
 
 ``finetune(FinetuneOptions(...))`` is the library entry point behind ``bertcli finetune``.
 """
@@ -26,13 +35,16 @@ from bertcli.errors import CheckpointError, ConfigError, DataError
 from bertcli.metrics import classification_metrics, regression_metrics
 from bertcli.train import Task
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "cross-encoder")
 METRICS = {  # the first is the default --metric
     "classification": ("accuracy", "macro_f1", "mcc", "loss"),
     "regression": ("spearman", "pearson", "mse", "loss"),
+    "cross-encoder": ("loss", "accuracy"),  # binary cross-entropy; accuracy of logit > 0 against label >= 0.5
 }
 LOWER_IS_BETTER = ("loss", "mse")
-REQUIRED = {"classification": ("text_column", "label_column"), "regression": ("text_column", "label_column")}
+REQUIRED = {"classification": ("text_column", "label_column"), "regression": ("text_column", "label_column"),
+            "cross-encoder": ("text_column", "text_pair_column")}
+CROSS_ACTIVATION = "torch.nn.modules.activation.Sigmoid"  # what CrossEncoder applies to the logit
 GROUP_FACTOR = 50  # length grouping: sort within windows of 50 batches, then shuffle the batches
 
 
@@ -183,6 +195,18 @@ def options_from_yaml(path: str) -> FinetuneOptions:
     return options_from_dict(FinetuneOptions, data, str(path))
 
 
+def validate_options(opts: FinetuneOptions) -> None:
+    """--task cross-encoder takes triples (--negative-column) or scored pairs (--label-column)."""
+    if opts.task == "cross-encoder":
+        if bool(opts.label_column) == bool(opts.negative_column):
+            raise ConfigError("--task cross-encoder trains on (query, positive, negative) triples: give "
+                              "--negative-column; or on scored pairs (scores in [0, 1]): give --label-column "
+                              "(one of the two)")
+    elif opts.negative_column:
+        raise ConfigError(f"--negative-column applies to --task cross-encoder or sentence-embedding, "
+                          f"not --task {opts.task}")
+
+
 # ============================================================ data
 @dataclass
 class Split:
@@ -238,6 +262,33 @@ def read_split(name: str, path: str, opts: FinetuneOptions, *, labelled: bool = 
     if labelled:
         labels = table.labels(opts.label_column)
     return texts, pairs, labels, table.lines
+
+
+def read_cross_split(name: str, path: str, opts: FinetuneOptions):
+    """(queries, documents, float labels, lines) of a cross-encoder file: triples expanded to a
+    (query, positive, 1) and a (query, negative, 0) pair per row, or scored pairs (scores in [0, 1])."""
+    from bertcli.data.tables import read_table
+
+    if not opts.negative_column:
+        texts, pairs, raw, lines = read_split(name, path, opts)
+        labels = encode_labels(raw, lines, path, "regression", None)
+        for value, line in zip(labels, lines, strict=True):
+            if not 0.0 <= value <= 1.0:
+                raise DataError(f"{path}, line {line}: score {value:g} is outside [0, 1]; --task cross-encoder "
+                                "learns probabilities (binary cross-entropy): rescale the scores")
+        return texts, pairs, labels, lines
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file (--{name})")
+    table = read_table(path, delimiter=opts.delimiter, quoting=not opts.no_quoting,
+                       header=not opts.no_header, encoding=opts.encoding)
+    if len(table) == 0:
+        raise DataError(f"{path}: no data rows (--{name})")
+    queries, positives, negatives = (table.column(c) for c in
+                                     (opts.text_column, opts.text_pair_column, opts.negative_column))
+    n = len(queries)
+    labels = np.tile(np.array([1.0, 0.0], dtype=np.float32), n)  # positive, negative, positive, ...
+    return ([q for q in queries for _ in (0, 1)], [d for pair in zip(positives, negatives, strict=True) for d in pair],
+            labels, [line for line in table.lines for _ in (0, 1)])
 
 
 def encode_labels(raw: list[str], lines: list[int], path: str, task: str,
@@ -320,9 +371,11 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 
 def batched_logits(model, ids: list[list[int]], type_ids: list[list[int]], *, pad_id: int, batch_size: int,
-                   device, precision: str = "fp32", progress=None) -> np.ndarray:
+                   device, precision: str = "fp32", progress=None, batch_tokens: int | None = None) -> np.ndarray:
     """Logits (N, num_labels) float32 for pre-tokenized inputs, in the input order.
 
+    Batches of ``batch_size`` inputs, longest first; with ``batch_tokens``, length-sorted batches of at
+    most that many padded tokens instead (:func:`bertcli.embed.plan_batches`, as ``embed`` batches).
     ``progress(n, total)`` is called after each batch of ``n`` inputs.
     """
     import torch
@@ -330,12 +383,20 @@ def batched_logits(model, ids: list[list[int]], type_ids: list[list[int]], *, pa
     from bertcli.inference import forward_context
 
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    if batch_tokens is not None:
+        from bertcli.embed import plan_batches
+
+        if batch_tokens < 1:
+            raise ConfigError(f"--batch-tokens must be positive, got {batch_tokens}")
+        plan = [np.asarray(b, dtype=np.int64) for b in plan_batches(lengths.tolist(), batch_tokens)]
+    else:
+        plan = sorted_batches(lengths, batch_size)
     out: np.ndarray | None = None
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), forward_context(model, device, precision):
-            for idx in sorted_batches(lengths, batch_size):
+            for idx in plan:
                 x, m, t = pad([ids[i] for i in idx], [type_ids[i] for i in idx], pad_id)
                 logits = model(x.to(device), m.to(device), t.to(device)).float().cpu().numpy()
                 if out is None:
@@ -424,9 +485,10 @@ class SequenceClassificationTask(FinetuneTask):
     def __init__(self, opts: FinetuneOptions):
         super().__init__(opts)
         self.regression = opts.task == "regression"
+        self.cross = opts.task == "cross-encoder"
 
-        texts, pairs, raw, lines = read_split("train", opts.train, opts)
-        if self.regression:
+        texts, pairs, raw, lines = self._read("train", opts.train)
+        if self.regression or self.cross:
             self.label2id: dict[str, int] = {"LABEL_0": 0}
             self.num_labels = 1
         else:
@@ -447,14 +509,21 @@ class SequenceClassificationTask(FinetuneTask):
             self.class_weight = (counts.sum() / (self.num_labels * np.maximum(counts, 1))).astype(np.float32)
 
     # ------------------------------------------------------------ data
+    def _read(self, name: str, path: str):
+        """(texts, pairs, raw labels, lines); a cross-encoder's labels are floats already (triples expanded)."""
+        if self.cross:
+            return read_cross_split(name, path, self.opts)
+        return read_split(name, path, self.opts)
+
     def _load(self, name: str, path: str) -> Split:
-        texts, pairs, raw, lines = read_split(name, path, self.opts)
+        texts, pairs, raw, lines = self._read(name, path)
         return self._encode(name, path, texts, pairs, raw, lines)
 
     def _encode(self, name, path, texts, pairs, raw, lines) -> Split:
         from bertcli.windows import encode_texts
 
-        labels = encode_labels(raw, lines, path, self.opts.task, self.label2id, self.opts.train)
+        labels = raw if self.cross else encode_labels(raw, lines, path, self.opts.task, self.label2id,
+                                                      self.opts.train)
         enc = encode_texts(self.tokenizer, texts, pairs, self.max_length, self.opts.long_input, self.opts.stride)
         if self.opts.long_input == "truncate":
             return Split(name, path, enc.ids, enc.type_ids, labels, lines, enc.truncated)
@@ -513,9 +582,11 @@ class SequenceClassificationTask(FinetuneTask):
         return model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float(), b
 
     def label_loss(self, logits, labels, device):
-        """Cross-entropy (with the class weights) or MSE of ``logits`` against ``labels``."""
+        """Cross-entropy (with the class weights), MSE, or a cross-encoder's binary cross-entropy on the logit."""
         import torch.nn.functional as F
 
+        if self.cross:
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels.float())
         if self.regression:
             return F.mse_loss(logits.squeeze(-1), labels.float())
         weight = None
@@ -544,6 +615,10 @@ class SequenceClassificationTask(FinetuneTask):
 
             labels = split.doc_labels
             logits = combine(logits, split.doc, len(labels), self.opts.window_pooling)
+        if self.cross:  # binary cross-entropy with logits (stable form) and the accuracy at probability 0.5
+            x, y = logits[:, 0].astype(np.float64), labels.astype(np.float64)
+            bce = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+            return {"loss": float(bce.mean()), "accuracy": float(((x > 0) == (y >= 0.5)).mean())}
         if self.regression:
             preds = logits[:, 0].astype(np.float64)
             metrics = regression_metrics(labels, preds)
@@ -563,10 +638,15 @@ class SequenceClassificationTask(FinetuneTask):
             "label2id": {lab: i for i, lab in self.id2label.items()},
             "problem_type": "regression" if self.regression else "single_label_classification",
         }
+        if self.cross:  # sentence-transformers CrossEncoder: the sigmoid of the one logit, truncated as trained
+            del hf_extra["problem_type"]
+            hf_extra["sentence_transformers"] = {"activation_fn": CROSS_ACTIVATION}
+            self.tokenizer.model_max_length = self.max_length
         bertcli = {
             "text_column": self.opts.text_column,
             "text_pair_column": self.opts.text_pair_column,
             "label_column": self.opts.label_column,
+            **({"negative_column": self.opts.negative_column} if self.cross else {}),
             "max_length": self.max_length,
             "delimiter": self.opts.delimiter,
             "no_quoting": self.opts.no_quoting,
