@@ -8,6 +8,7 @@
 #   bash benchmarks/rerank_squad.sh prepare     # BEIR set, MiniLM index, qrels subsets, mined triples
 #   bash benchmarks/rerank_squad.sh cross       # fine-tune the cross-encoder
 #   LR=1e-4 bash benchmarks/rerank_squad.sh cross-mixed  # ... on mined + random negatives -> runs/rr/cross-mixed-lr$LR
+#   bash benchmarks/rerank_squad.sh cross-hard  # the control: mined negatives only, 500 steps
 #   bash benchmarks/rerank_squad.sh mnrl        # fine-tune the bi-encoder (MNRL), index the corpus with it
 #   bash benchmarks/rerank_squad.sh evaluate [NAME...]  # evaluate-retrieval runs -> runs/rr/eval-NAME.json
 #   python benchmarks/rerank_squad_table.py     # the table (benchmarks/results/rerank_squad.md has it)
@@ -46,6 +47,12 @@ cross-mixed)  # each question twice: its mined negative and a random training pa
         --epochs 1 --batch-size 8 --lr "$LR" --warmup 0.1 --seed 0 --device cpu --out "$W/cross-mixed-lr$LR" \
         --json --quiet > "$W/cross-mixed-lr$LR.json"
     ;;
+cross-hard)  # the control: mined negatives only, 2 epochs = the 500 steps of cross-mixed
+    timed finetune-cross-hard-2ep-lr5e-5 $B finetune --model "$MINILM" --task cross-encoder --train $W/triples.jsonl \
+        --text-column query --text-pair-column positive --negative-column negative --max-length 128 \
+        --epochs 2 --batch-size 8 --lr 5e-5 --warmup 0.1 --seed 0 --device cpu --out $W/cross-hard-2ep-lr5e-5 \
+        --json --quiet > $W/cross-hard-2ep-lr5e-5.json
+    ;;
 mnrl)
     timed finetune-mnrl $B finetune --model "$MINILM" --task sentence-embedding --loss mnrl --train $W/triples.jsonl \
         --text-column query --text-pair-column positive --negative-column negative --max-length 256 \
@@ -54,7 +61,7 @@ mnrl)
     ;;
 evaluate)  # evaluate [NAME...]: all by default
     shift
-    want=" ${*:-minilm-test minilm-sub mnrl-test mnrl-sub minilm-cross-sub mnrl-cross-sub minilm-cross-mixed-lr5e-5-sub minilm-cross-mixed-lr1e-4-sub} "
+    want=" ${*:-minilm-test minilm-sub mnrl-test mnrl-sub minilm-cross-sub mnrl-cross-sub minilm-cross-mixed-lr5e-5-sub minilm-cross-mixed-lr1e-4-sub mnrl-cross-mixed-lr5e-5-sub minilm-cross-hard-2ep-sub} "
     ev() {
         local name=$1; shift
         [[ "$want" == *" $name "* ]] || return 0
@@ -66,11 +73,14 @@ evaluate)  # evaluate [NAME...]: all by default
     ev mnrl-sub --index $W/idx-mnrl --qrels $W/test-sub.tsv
     ev minilm-cross-sub --index $W/idx-minilm --qrels $W/test-sub.tsv --rerank $W/cross --rerank-top $TOP
     ev mnrl-cross-sub --index $W/idx-mnrl --qrels $W/test-sub.tsv --rerank $W/cross --rerank-top $TOP
+    ev mnrl-cross-mixed-lr5e-5-sub --index $W/idx-mnrl --qrels $W/test-sub.tsv --rerank $W/cross-mixed-lr5e-5 --rerank-top $TOP
     for lr in 5e-5 1e-4; do  # the cross-mixed runs
         [[ -d "$W/cross-mixed-lr$lr" ]] || continue
         ev "minilm-cross-mixed-lr$lr-sub" --index $W/idx-minilm --qrels $W/test-sub.tsv \
             --rerank "$W/cross-mixed-lr$lr" --rerank-top $TOP
     done
+    [[ ! -d "$W/cross-hard-2ep-lr5e-5" ]] || ev minilm-cross-hard-2ep-sub --index $W/idx-minilm --qrels $W/test-sub.tsv \
+        --rerank "$W/cross-hard-2ep-lr5e-5" --rerank-top $TOP
     ;;
-*) echo "usage: $0 prepare|cross|cross-mixed|mnrl|evaluate" >&2; exit 2 ;;
+*) echo "usage: $0 prepare|cross|cross-mixed|cross-hard|mnrl|evaluate" >&2; exit 2 ;;
 esac

@@ -23,8 +23,12 @@ ROWS = [  # (eval name, label, baseline eval name for the deltas)
      "500 steps), top 20", "minilm-sub"),
     ("minilm-cross-mixed-lr1e-4-sub", "+ cross-encoder from MiniLM, mined + random negatives (batch 8, lr 1e-4, "
      "500 steps), top 20", "minilm-sub"),
+    ("minilm-cross-hard-2ep-sub", "+ cross-encoder from MiniLM, mined negatives only (batch 8, lr 5e-5, "
+     "2 epochs = 500 steps), top 20", "minilm-sub"),
     ("mnrl-sub", "MiniLM fine-tuned, MNRL + mined negatives", "minilm-sub"),
     ("mnrl-cross-sub", "MNRL model + cross-encoder, top 20", "minilm-sub"),
+    ("mnrl-cross-mixed-lr5e-5-sub", "MNRL model + cross-encoder (mined + random negatives, lr 5e-5), top 20",
+     "minilm-sub"),
 ]
 
 
