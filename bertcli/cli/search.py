@@ -142,8 +142,10 @@ def render(idx, qs: dict[str, str], run: dict[str, dict[str, float]], json_out: 
     per query."""
     for qid, hits in run.items():
         if json_out:
-            results = [{"rank": r, "_id": d, "score": s, "title": idx.document(d)["title"],
-                        "text": idx.document(d)["text"]} for r, (d, s) in enumerate(hits.items(), 1)]
+            results = []
+            for r, (d, s) in enumerate(hits.items(), 1):
+                doc = idx.document(d)
+                results.append({"rank": r, "_id": d, "score": s, "title": doc["title"], "text": doc["text"]})
             emit_json({"query_id": qid, "query": qs[qid], "results": results})
             continue
         if quiet:

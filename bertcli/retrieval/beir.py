@@ -107,19 +107,9 @@ class _TableSource:
 
 
 def _expand(paths: Sequence[str | Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            files = sorted(f for f in path.rglob("*") if f.is_file()
-                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
-            if not files:
-                raise DataError(f"{path}: the directory holds no files")
-            out.extend(files)
-        elif not path.exists():
-            raise DataError(f"{path}: no such file or directory")
-        else:
-            out.append(path)
+    from bertcli.data.text import expand_paths
+
+    out = expand_paths(paths)
     if not out:
         raise DataError("no documents given: name text files, tables or directories")
     return out

@@ -141,6 +141,7 @@ class Index:
         self._ids: list[str] | None = None
         self._blocks: list[Any] | None = None  # the shards' vectors, after preload()
         self._rows: dict[str, int] | None = None
+        self._ends: list[int] = []  # the shards' cumulative counts, set with _rows
         self._shard_docs: dict[int, list[dict[str, str]]] = {}
 
     @property
@@ -190,8 +191,9 @@ class Index:
             return self._docs[doc_id]
         if self._rows is None:
             self._rows = {i: r for r, i in enumerate(self.ids)}
+            self._ends = list(itertools.accumulate(s["count"] for s in self.manifest["shards"]))
         row = self._rows[doc_id]
-        ends = list(itertools.accumulate(s["count"] for s in self.manifest["shards"]))
+        ends = self._ends
         k = bisect.bisect_right(ends, row)
         if k not in self._shard_docs:
             if len(self._shard_docs) >= 8:

@@ -246,8 +246,8 @@ def build_label_map(labels: list[str]) -> dict[str, int]:
     return {lab: i for i, lab in enumerate(unique)}
 
 
-def read_split(name: str, path: str, opts: FinetuneOptions, *, labelled: bool = True):
-    """(texts, pairs or None, raw labels or None, lines) of one file, with located errors."""
+def _read_split_table(name: str, path: str, opts: FinetuneOptions):
+    """The table of the ``--name`` file, with located errors for a missing or empty file."""
     from bertcli.data.tables import read_table
 
     if not Path(path).is_file():
@@ -256,6 +256,12 @@ def read_split(name: str, path: str, opts: FinetuneOptions, *, labelled: bool = 
                        header=not opts.no_header, encoding=opts.encoding)
     if len(table) == 0:
         raise DataError(f"{path}: no data rows (--{name})")
+    return table
+
+
+def read_split(name: str, path: str, opts: FinetuneOptions, *, labelled: bool = True):
+    """(texts, pairs or None, raw labels or None, lines) of one file, with located errors."""
+    table = _read_split_table(name, path, opts)
     texts = table.column(opts.text_column)
     pairs = table.column(opts.text_pair_column) if opts.text_pair_column else None
     labels = None
@@ -267,8 +273,6 @@ def read_split(name: str, path: str, opts: FinetuneOptions, *, labelled: bool = 
 def read_cross_split(name: str, path: str, opts: FinetuneOptions):
     """(queries, documents, float labels, lines) of a cross-encoder file: triples expanded to a
     (query, positive, 1) and a (query, negative, 0) pair per row, or scored pairs (scores in [0, 1])."""
-    from bertcli.data.tables import read_table
-
     if not opts.negative_column:
         texts, pairs, raw, lines = read_split(name, path, opts)
         labels = encode_labels(raw, lines, path, "regression", None)
@@ -277,12 +281,7 @@ def read_cross_split(name: str, path: str, opts: FinetuneOptions):
                 raise DataError(f"{path}, line {line}: score {value:g} is outside [0, 1]; --task cross-encoder "
                                 "learns probabilities (binary cross-entropy): rescale the scores")
         return texts, pairs, labels, lines
-    if not Path(path).is_file():
-        raise DataError(f"{path}: no such file (--{name})")
-    table = read_table(path, delimiter=opts.delimiter, quoting=not opts.no_quoting,
-                       header=not opts.no_header, encoding=opts.encoding)
-    if len(table) == 0:
-        raise DataError(f"{path}: no data rows (--{name})")
+    table = _read_split_table(name, path, opts)
     queries, positives, negatives = (table.column(c) for c in
                                      (opts.text_column, opts.text_pair_column, opts.negative_column))
     n = len(queries)

@@ -504,38 +504,11 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".ndjson")
 ENTITY_COLUMNS = ["line", "type", "entity", "start", "end", "score"]
 
 
-def read_inputs(input: str, *, text_column: str | None, delimiter: str | None, no_quoting: bool | None,
-                no_header: bool | None, encoding: str) -> tuple[list[str], list[int], list[dict] | None]:
-    """(texts, line numbers, table records or None) of a .txt file (one text per line) or a table."""
-    from bertcli.data.tables import read_table
-    from bertcli.data.text import read_lines
-
-    is_table = text_column is not None or str(input).lower().endswith(TABLE_SUFFIXES)
-    if not is_table:
-        for name, value in (("--delimiter", delimiter), ("--no-quoting", no_quoting), ("--no-header", no_header)):
-            if value:
-                raise ConfigError(f"{name} applies to CSV/TSV input; {input} is read as plain text (one text per "
-                                  f"line); pass --text-column to read it as a table")
-        texts, lines = [], []
-        for number, line in enumerate(read_lines(input, encoding), start=1):
-            if line.strip():
-                texts.append(line)
-                lines.append(number)
-        return texts, lines, None
-    table = read_table(input, delimiter=delimiter, quoting=not no_quoting, header=not no_header, encoding=encoding)
-    if text_column is None:
-        if "text" not in table.columns:
-            shown = ", ".join(repr(c) for c in table.columns[:30])
-            raise ConfigError(f"{table.path}: no column 'text'; pass --text-column (columns found: {shown})")
-        text_column = "text"
-    return table.column(text_column), list(table.lines), table.records()
-
-
 def open_entity_input(input: str, *, text_column: str | None, delimiter: str | None, no_quoting: bool | None,
                       no_header: bool | None, encoding: str):
     """``(source, text_column)`` for streaming: a :class:`~bertcli.streaming.LinesInput` of a plain text file
     (one text per line; ``text_column`` None) or a :class:`~bertcli.streaming.TableInput` with its checked
-    text column (default ``text``). The input is read as :func:`read_inputs` reads it."""
+    text column (default ``text``)."""
     from bertcli.streaming import LinesInput, TableInput
 
     is_table = text_column is not None or str(input).lower().endswith(TABLE_SUFFIXES)
